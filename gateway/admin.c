@@ -1,0 +1,185 @@
+/*
+ * admin.c - admin API: health, readiness, metrics, upstreams (SPEC section 6).
+ *
+ * One h2o handler dispatches on method and path. Responses are built with jansson (the admin API
+ * is not a hot path; correctness of escaping matters more). Endpoints of later features (alerts,
+ * silences, events, breaker overrides, reload) answer 501 with a JSON error until they exist,
+ * so a client can tell "not built yet" from "wrong path" (404).
+ */
+#include "admin.h"
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reply.h"
+
+typedef struct admin_handler {
+    h2o_handler_t super;
+    gw_admin_t *admin;
+} admin_handler_t;
+
+static void send_json(h2o_req_t *req, int status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(body);
+    if (text == NULL) {
+        h2o_send_error_500(req, "Internal Server Error", "out of memory", 0);
+        return;
+    }
+    h2o_iovec_t copy = h2o_strdup(&req->pool, text, strlen(text));
+    free(text);
+    req->res.status = status;
+    req->res.reason = gw_status_reason(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-store"));
+    h2o_send_inline(req, copy.base, copy.len);
+}
+
+static void send_error(h2o_req_t *req, int status, const char *code, const char *message)
+{
+    send_json(req, status, json_pack("{s:s, s:s}", "error", code, "message", message));
+}
+
+/* Constant-time check of "Authorization: Bearer <token>". */
+static int authorized(const gw_admin_t *a, h2o_req_t *req)
+{
+    if (a->cfg->admin_token == NULL)
+        return 1;
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i < 0)
+        return 0;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    static const char prefix[] = "Bearer ";
+    size_t plen = sizeof(prefix) - 1, tlen = strlen(a->cfg->admin_token);
+    if (v.len != plen + tlen || strncasecmp(v.base, prefix, plen) != 0)
+        return 0;
+    return CRYPTO_memcmp(v.base + plen, a->cfg->admin_token, tlen) == 0;
+}
+
+static void handle_readyz(gw_admin_t *a, h2o_req_t *req)
+{
+    uint32_t nw = gw_stats_nworkers(a->stats), ready = 0;
+    for (uint32_t w = 0; w < nw; w++)
+        ready += GW_STAT_GET(gw_stats_worker(a->stats, w)->ready) == 1;
+    bool ok = ready == nw && a->db != NULL;
+    send_json(req, ok ? 200 : 503,
+              json_pack("{s:s, s:i, s:i, s:b}", "status", ok ? "ready" : "not_ready",
+                        "workers_ready", (int)ready, "workers", (int)nw, "database",
+                        a->db != NULL));
+}
+
+static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
+{
+    char *text = gw_metrics_render(a->cfg, a->stats);
+    if (text == NULL) {
+        send_error(req, 500, "internal_error", "out of memory");
+        return;
+    }
+    h2o_iovec_t copy = h2o_strdup(&req->pool, text, strlen(text));
+    free(text);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
+    h2o_send_inline(req, copy.base, copy.len);
+}
+
+static json_t *upstream_json(gw_admin_t *a, size_t u)
+{
+    const gw_upstream_config_t *uc = &a->cfg->upstreams[u];
+    uint64_t requests = 0, opened = 0, reused = 0, failed = 0, rejected = 0;
+    uint64_t outcomes[GW_OUTCOME_KIND_COUNT] = {0};
+    int64_t inflight = 0, active = 0, idle = 0;
+    for (uint32_t w = 0; w < gw_stats_nworkers(a->stats); w++) {
+        gw_upstream_stats_t *us = gw_stats_upstream(a->stats, w, (uint32_t)u);
+        requests += GW_STAT_GET(us->requests);
+        opened += GW_STAT_GET(us->conn_opened);
+        reused += GW_STAT_GET(us->conn_reused);
+        failed += GW_STAT_GET(us->conn_failed);
+        rejected += GW_STAT_GET(us->bulkhead_rejected);
+        inflight += GW_STAT_GET(us->inflight);
+        active += GW_STAT_GET(us->conn_active);
+        idle += GW_STAT_GET(us->conn_idle);
+        for (int k = 0; k < GW_OUTCOME_KIND_COUNT; k++)
+            outcomes[k] += GW_STAT_GET(us->outcomes[k]);
+    }
+    json_t *hosts = json_array();
+    for (size_t h = 0; h < uc->nhosts; h++)
+        json_array_append_new(
+            hosts, json_pack("{s:s, s:s, s:b}", "address", uc->hosts[h].text, "health",
+                             uc->health_check.enabled ? "unknown" : "unchecked", "ejected", 0));
+    json_t *out = json_object();
+    for (int k = 0; k < GW_OUTCOME_KIND_COUNT; k++)
+        json_object_set_new(out, gw_outcome_kind_name((gw_outcome_kind_t)k),
+                            json_integer((json_int_t)outcomes[k]));
+    json_t *counters =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)requests,
+                  "inflight", (json_int_t)inflight, "connections_opened", (json_int_t)opened,
+                  "connections_reused", (json_int_t)reused, "connect_failures", (json_int_t)failed,
+                  "bulkhead_rejected", (json_int_t)rejected, "connections_active",
+                  (json_int_t)active, "connections_idle", (json_int_t)idle, "outcomes", out);
+    return json_pack("{s:s, s:o, s:I, s:I, s:I, s:o}", "name", uc->name, "hosts", hosts,
+                     "max_concurrent", (json_int_t)uc->max_concurrent, "connect_timeout_ms",
+                     (json_int_t)uc->connect_timeout_ms, "timeout_ms", (json_int_t)uc->timeout_ms,
+                     "counters", counters);
+}
+
+static void handle_upstreams(gw_admin_t *a, h2o_req_t *req)
+{
+    json_t *list = json_array();
+    for (size_t u = 0; u < a->cfg->nupstreams; u++)
+        json_array_append_new(list, upstream_json(a, u));
+    send_json(req, 200, json_pack("{s:o}", "upstreams", list));
+}
+
+static int path_is(h2o_req_t *req, const char *p)
+{
+    return h2o_memis(req->path_normalized.base, req->path_normalized.len, p, strlen(p));
+}
+
+static int has_prefix(h2o_req_t *req, const char *p)
+{
+    size_t n = strlen(p);
+    return req->path_normalized.len >= n && memcmp(req->path_normalized.base, p, n) == 0;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    gw_admin_t *a = ((admin_handler_t *)self)->admin;
+    bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+    if (path_is(req, "/healthz")) {
+        send_json(req, 200, json_pack("{s:s}", "status", "ok"));
+        return 0;
+    }
+    if (!authorized(a, req)) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer"));
+        send_error(req, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
+        return 0;
+    }
+    if (get && path_is(req, "/readyz"))
+        handle_readyz(a, req);
+    else if (get && path_is(req, "/metrics"))
+        handle_metrics(a, req);
+    else if (get && path_is(req, "/api/v1/upstreams"))
+        handle_upstreams(a, req);
+    else if (path_is(req, "/readyz") || path_is(req, "/metrics") ||
+             path_is(req, "/api/v1/upstreams"))
+        send_error(req, 405, "method_not_allowed", "this endpoint takes GET");
+    else if (has_prefix(req, "/api/v1/"))
+        send_error(req, 501, "not_implemented", "this admin endpoint is not implemented yet");
+    else
+        send_error(req, 404, "not_found", "no such admin endpoint");
+    return 0;
+}
+
+void gw_admin_register(gw_admin_t *a, h2o_pathconf_t *pathconf)
+{
+    admin_handler_t *h = (admin_handler_t *)h2o_create_handler(pathconf, sizeof(*h));
+    h->super.on_req = on_req;
+    h->admin = a;
+}

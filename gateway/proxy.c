@@ -1,0 +1,744 @@
+/*
+ * proxy.c - the request path: route, admit, forward to an upstream host, stream the answer back.
+ *
+ * Breakwater does not use h2o's built-in proxy (PLATFORM.md: one timeout for everything, an
+ * unbounded pool, socket churn per request). Each request becomes an exchange:
+ *
+ *   on_req --route--> admit (bulkhead) --pick host--> CONNECTING --connected--> WAITING_HEAD
+ *        \--> 404                 \--> 503                 |                       |
+ *                                               502 <-- refused/timeout   head parsed: start
+ * response
+ *                                                                                  v
+ *                                  DONE <--body complete / EOF / error / deadline-- STREAMING
+ *
+ * Timing: one uv timer per exchange. While connecting it fires at the earlier of the connect
+ * timeout and the request deadline; afterwards at the deadline. The deadline is the route's
+ * timeout, shortened by an inbound X-Request-Timeout-Ms, and what is left of it is sent upstream
+ * in X-Request-Timeout-Ms.
+ *
+ * Streaming: response bytes are read into one pooled 64 KiB buffer, de-chunked in place and handed
+ * to h2o_send(); reading stops until h2o calls proceed (the client took the bytes). So memory per
+ * exchange is bounded whatever the response size, and a slow client slows the upstream read
+ * instead of filling memory.
+ *
+ * Outcomes: every exchange that reached host selection ends in exactly one gw_outcome_t, emitted
+ * by finish(), which is idempotent (the DONE state guards it).
+ *
+ * Lifetime: the exchange is malloc'd and reference counted. References: the h2o request (dropped
+ * when h2o disposes the request's pool), the timer (dropped in its close callback), a pending
+ * write (dropped in the write callback), and one held across each callback so that nothing frees
+ * the exchange under our feet. The pooled buffer is returned when the exchange is freed, because
+ * h2o may still be writing from it until the request is disposed.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http1.h"
+#include "log.h"
+#include "reply.h"
+#include "worker.h"
+
+#define MAX_REQUEST_HEAD 65536
+
+typedef struct proxy_handler {
+    h2o_handler_t super;
+    gw_worker_t *w;
+} proxy_handler_t;
+
+typedef enum ex_state {
+    EX_CONNECTING = 0,
+    EX_WAITING_HEAD,
+    EX_STREAMING,
+    EX_DONE,
+} ex_state_t;
+
+typedef struct exchange {
+    h2o_generator_t gen;
+    gw_worker_t *w;
+    h2o_req_t *req;      /* NULL once h2o has stopped or disposed the request */
+    h2o_req_t *orig_req; /* valid until on_req_dispose returns */
+    uint32_t route_idx;
+    const gw_route_config_t *route;
+    gw_upstream_t *up;
+    gw_host_t *host;
+    gw_conn_t *conn;
+    uv_timer_t timer;
+    uv_write_t write_req;
+    ex_state_t state;
+    int refs;
+    int attempts;
+    bool head_request;
+    bool response_started;
+    bool waiting_proceed; /* bytes handed to h2o, proceed not called yet */
+    bool resp_keep_alive;
+    uint16_t status;
+    uint64_t start_ns;    /* uv_hrtime at admission */
+    uint64_t deadline_ms; /* uv_now() clock */
+    uint64_t connect_deadline_ms;
+    char *buf; /* pooled read buffer */
+    size_t buf_len;
+    size_t head_prev_len;
+    gw_h1_body_t body;
+    char request_id[GW_REQUEST_ID_MAX + 1];
+} exchange_t;
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static uint64_t now_ms(const exchange_t *ex)
+{
+    return uv_now(ex->w->loop);
+}
+
+static void ex_free(exchange_t *ex)
+{
+    gw_buf_put(&ex->w->bufs, ex->buf);
+    free(ex);
+}
+
+static void unref(exchange_t *ex)
+{
+    if (--ex->refs == 0)
+        ex_free(ex);
+}
+
+static int is_idempotent(h2o_iovec_t m)
+{
+    static const char *const methods[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"};
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+        if (h2o_memis(m.base, m.len, methods[i], strlen(methods[i])))
+            return 1;
+    return 0;
+}
+
+static void make_request_id(gw_worker_t *w, h2o_req_t *req, char *out)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (gw_request_id_valid(v.base, v.len)) {
+            memcpy(out, v.base, v.len);
+            out[v.len] = '\0';
+            return;
+        }
+    }
+    snprintf(out, GW_REQUEST_ID_MAX + 1, "%016llx%016llx", (unsigned long long)w->reqid_prefix,
+             (unsigned long long)++w->reqid_seq);
+}
+
+static void add_request_id_header(h2o_req_t *req, const char *id)
+{
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, id,
+                          strlen(id));
+}
+
+/* Parses a non-negative decimal header value; returns -1 when absent or malformed. */
+static int64_t header_uint(h2o_req_t *req, const char *name, size_t name_len)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, name_len, -1);
+    if (i < 0)
+        return -1;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    if (v.len == 0 || v.len > 12)
+        return -1;
+    int64_t n = 0;
+    for (size_t k = 0; k < v.len; k++) {
+        if (v.base[k] < '0' || v.base[k] > '9')
+            return -1;
+        n = n * 10 + (v.base[k] - '0');
+    }
+    return n;
+}
+
+static void client_ip(h2o_req_t *req, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    out[0] = '\0';
+    if (len == 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)cap);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)cap);
+}
+
+/* ---- ending an exchange ------------------------------------------------------------------ */
+
+static void on_timer_close(uv_handle_t *h)
+{
+    unref(h->data);
+}
+
+/*
+ * Ends the upstream side exactly once: emits the outcome, stops the timer, and gives the
+ * connection back (reusable) or closes it. Does not touch the client side.
+ */
+static void finish(exchange_t *ex, gw_outcome_kind_t kind, bool conn_reusable)
+{
+    if (ex->state == EX_DONE)
+        return;
+    ex->state = EX_DONE;
+    gw_worker_t *w = ex->w;
+
+    gw_outcome_t o = {
+        .route = ex->route_idx,
+        .upstream = ex->up->index,
+        .host = ex->host != NULL ? ex->host->index : 0,
+        .kind = kind,
+        .status = ex->status,
+        .latency_us = (uv_hrtime() - ex->start_ns) / 1000,
+        .finished_ms = now_ms(ex),
+    };
+    GW_STAT_ADD(ex->up->stats->outcomes[kind], 1);
+    GW_STAT_ADD(ex->up->stats->inflight, -1);
+    if (w->on_outcome != NULL)
+        w->on_outcome(w->on_outcome_ctx, &o);
+
+    uv_close((uv_handle_t *)&ex->timer, on_timer_close);
+    if (ex->conn != NULL) {
+        uv_read_stop((uv_stream_t *)&ex->conn->tcp);
+        if (conn_reusable)
+            gw_conn_release(ex->conn);
+        else
+            gw_conn_close(ex->conn, false);
+        ex->conn = NULL;
+    }
+}
+
+/* Sends body bytes (or just the end) to the client. The exchange must hold a reference. */
+static void send_to_client(exchange_t *ex, char *data, size_t len, h2o_send_state_t state)
+{
+    if (ex->req == NULL)
+        return;
+    h2o_iovec_t v = h2o_iovec_init(data, len);
+    ex->waiting_proceed = state == H2O_SEND_STATE_IN_PROGRESS;
+    h2o_send(ex->req, &v, len > 0 ? 1 : 0, state);
+}
+
+/*
+ * The upstream failed. Before the response started the client gets our JSON error; after, the
+ * stream is cut (h2o closes the client connection or resets the stream).
+ */
+static void fail(exchange_t *ex, gw_outcome_kind_t kind, const char *detail)
+{
+    if (ex->state == EX_DONE)
+        return;
+    finish(ex, kind, false);
+    if (ex->req == NULL)
+        return;
+    if (ex->response_started) {
+        send_to_client(ex, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
+    h2o_req_t *req = ex->req;
+    const char *upstream = ex->up->cfg->name;
+    add_request_id_header(req, ex->request_id);
+    if (kind == GW_OUTCOME_TIMEOUT)
+        gw_reply_error(req, 504, "upstream_timeout", "timeout", ex->request_id, NULL,
+                       "upstream '%s' did not answer within the request deadline", upstream);
+    else
+        gw_reply_error(req, 502, "upstream_unavailable", "unavailable", ex->request_id, NULL,
+                       "upstream '%s' host %s: %s", upstream, ex->host->addr->text, detail);
+}
+
+/* ---- the response -------------------------------------------------------------------------- */
+
+static void on_proceed(h2o_generator_t *gen, h2o_req_t *req);
+static void on_stop(h2o_generator_t *gen, h2o_req_t *req);
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+{
+    gw_conn_t *c = h->data;
+    exchange_t *ex = c->owner;
+    out->base = ex->buf + ex->buf_len;
+    out->len = GW_BUF_SIZE - ex->buf_len;
+}
+
+static bool header_is_forwardable(const gw_h1_header_t *hd, const gw_h1_response_t *res)
+{
+    if (gw_h1_is_hop_by_hop(hd->name, hd->name_len) ||
+        h2o_lcstris(hd->name, hd->name_len, H2O_STRLIT("content-length")) ||
+        h2o_lcstris(hd->name, hd->name_len, H2O_STRLIT("server")) ||
+        h2o_lcstris(hd->name, hd->name_len, H2O_STRLIT("date")))
+        return false;
+    for (size_t i = 0; i < res->nheaders; i++) {
+        const gw_h1_header_t *c = &res->headers[i];
+        if (h2o_lcstris(c->name, c->name_len, H2O_STRLIT("connection")) &&
+            gw_h1_connection_lists(c->value, c->value_len, hd->name, hd->name_len))
+            return false;
+    }
+    return true;
+}
+
+/* Copies the upstream's head into h2o's response (strings into the request pool: the read buffer
+ * is reused for the body). */
+static void start_response(exchange_t *ex, const gw_h1_response_t *res)
+{
+    h2o_req_t *req = ex->req;
+    req->res.status = res->status;
+    req->res.reason = h2o_strdup(&req->pool, res->reason, res->reason_len).base;
+    for (size_t i = 0; i < res->nheaders; i++) {
+        const gw_h1_header_t *hd = &res->headers[i];
+        if (!header_is_forwardable(hd, res))
+            continue;
+        h2o_iovec_t name = h2o_strdup(&req->pool, hd->name, hd->name_len);
+        h2o_strtolower(name.base, name.len);
+        h2o_iovec_t value = h2o_strdup(&req->pool, hd->value, hd->value_len);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, name.base, name.len, 1, NULL,
+                              value.base, value.len);
+    }
+    add_request_id_header(req, ex->request_id);
+    /* h2o writes Content-Length from res.content_length: the body's length, or for HEAD the length
+     * a GET would have had; 204 and 304 get none at all (RFC 9110 8.6) */
+    if (res->body == GW_H1_BODY_LENGTH || (ex->head_request && res->has_content_length))
+        req->res.content_length = res->content_length;
+    else if (res->body == GW_H1_BODY_NONE && res->status != 204 && res->status != 304)
+        req->res.content_length = 0;
+    ex->gen.proceed = on_proceed;
+    ex->gen.stop = on_stop;
+    h2o_start_response(req, &ex->gen);
+    ex->response_started = true;
+}
+
+/*
+ * Handles decoded-or-not body bytes at ex->buf[off..off+len): decodes in place and forwards them.
+ * Returns true when the caller should keep reading.
+ */
+static bool handle_body(exchange_t *ex, size_t off, size_t len)
+{
+    size_t extra = 0;
+    int r = gw_h1_body_decode(&ex->body, ex->buf + off, &len, &extra);
+    if (r == GW_H1_INVALID) {
+        fail(ex, GW_OUTCOME_RESET, "malformed chunked body");
+        return false;
+    }
+    if (r == 1) {
+        finish(ex, GW_OUTCOME_RESPONSE, ex->resp_keep_alive && extra == 0);
+        send_to_client(ex, ex->buf + off, len, H2O_SEND_STATE_FINAL);
+        return false;
+    }
+    ex->buf_len = 0; /* the next read starts at the buffer's beginning again */
+    if (len == 0)
+        return true;
+    uv_read_stop((uv_stream_t *)&ex->conn->tcp);
+    send_to_client(ex, ex->buf + off, len, H2O_SEND_STATE_IN_PROGRESS);
+    return false;
+}
+
+/* Parses what has been read of the head; starts the response once it is complete. */
+static void handle_head(exchange_t *ex)
+{
+    gw_h1_response_t res;
+    for (;;) {
+        int hl =
+            gw_h1_parse_response(ex->buf, ex->buf_len, ex->head_prev_len, ex->head_request, &res);
+        if (hl == GW_H1_INCOMPLETE) {
+            if (ex->buf_len == GW_BUF_SIZE)
+                fail(ex, GW_OUTCOME_RESET, "response head larger than 64 KiB");
+            ex->head_prev_len = ex->buf_len;
+            return;
+        }
+        if (hl < 0) {
+            fail(ex, GW_OUTCOME_RESET, "malformed response head");
+            return;
+        }
+        if (res.status >= 200)
+            break;
+        /* 1xx: h2o 2.2.5 cannot relay informational responses; drop it and parse on */
+        memmove(ex->buf, ex->buf + hl, ex->buf_len - (size_t)hl);
+        ex->buf_len -= (size_t)hl;
+        ex->head_prev_len = 0;
+    }
+    size_t hl = (size_t)gw_h1_parse_response(ex->buf, ex->buf_len, 0, ex->head_request, &res);
+    ex->status = (uint16_t)res.status;
+    ex->resp_keep_alive = res.keep_alive;
+    gw_h1_body_init(&ex->body, &res);
+    ex->state = EX_STREAMING;
+    if (ex->req == NULL)
+        return;
+    start_response(ex, &res);
+    if (handle_body(ex, hl, ex->buf_len - hl))
+        ex->buf_len = 0;
+}
+
+static void retry_or_fail(exchange_t *ex, const char *detail);
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gw_conn_t *c = s->data;
+    exchange_t *ex = c->owner;
+    if (nread == 0 || ex == NULL)
+        return;
+    ex->refs++;
+    if (nread > 0) {
+        ex->buf_len += (size_t)nread;
+        if (ex->state == EX_WAITING_HEAD)
+            handle_head(ex);
+        else if (ex->state == EX_STREAMING && handle_body(ex, 0, ex->buf_len))
+            ex->buf_len = 0;
+    } else if (ex->state == EX_WAITING_HEAD) {
+        if (ex->buf_len == 0)
+            retry_or_fail(ex, nread == UV_EOF ? "connection closed before a response"
+                                              : uv_strerror((int)nread));
+        else
+            fail(ex, GW_OUTCOME_RESET, "connection closed inside the response head");
+    } else if (ex->state == EX_STREAMING) {
+        if (nread == UV_EOF && gw_h1_body_eof(&ex->body)) {
+            finish(ex, GW_OUTCOME_RESPONSE, false);
+            send_to_client(ex, NULL, 0, H2O_SEND_STATE_FINAL);
+        } else {
+            fail(ex, GW_OUTCOME_RESET, "response body cut short");
+        }
+    }
+    unref(ex);
+}
+
+static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    exchange_t *ex = H2O_STRUCT_FROM_MEMBER(exchange_t, gen, gen);
+    ex->waiting_proceed = false;
+    if (ex->state == EX_STREAMING && ex->conn != NULL)
+        uv_read_start((uv_stream_t *)&ex->conn->tcp, alloc_cb, on_upstream_read);
+}
+
+static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    exchange_t *ex = H2O_STRUCT_FROM_MEMBER(exchange_t, gen, gen);
+    ex->req = NULL;
+    ex->refs++;
+    finish(ex, GW_OUTCOME_CANCELLED, false);
+    unref(ex);
+}
+
+/* ---- the request ------------------------------------------------------------------------- */
+
+static size_t append(char *dst, const char *s, size_t n)
+{
+    memcpy(dst, s, n);
+    return n;
+}
+
+static bool request_header_is_forwardable(const h2o_header_t *hd, h2o_req_t *req, ssize_t conn_idx)
+{
+    const h2o_iovec_t *n = hd->name;
+    if (gw_h1_is_hop_by_hop(n->base, n->len) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("content-length")) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("host")) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("expect")) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("x-request-id")) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("x-forwarded-for")) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("x-request-timeout-ms")) ||
+        h2o_lcstris(n->base, n->len, H2O_STRLIT("x-breakwater-fault")) ||
+        (n->len > 0 && n->base[0] == ':'))
+        return false;
+    if (conn_idx >= 0) {
+        h2o_iovec_t cv = req->headers.entries[conn_idx].value;
+        if (gw_h1_connection_lists(cv.base, cv.len, n->base, n->len))
+            return false;
+    }
+    return true;
+}
+
+/* The path sent upstream: the raw one, unless h2o had to normalize it (dot segments, etc.), in
+ * which case the normalized path the route was matched on, plus the query. */
+static h2o_iovec_t upstream_path(h2o_req_t *req)
+{
+    size_t raw_path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    if (h2o_memis(req->path.base, raw_path_len, req->path_normalized.base,
+                  req->path_normalized.len))
+        return req->path;
+    if (req->query_at == SIZE_MAX)
+        return req->path_normalized;
+    return h2o_concat(
+        &req->pool, req->path_normalized,
+        h2o_iovec_init(req->path.base + req->query_at, req->path.len - req->query_at));
+}
+
+/* Builds the upstream request head in the request's pool. */
+static h2o_iovec_t build_request_head(exchange_t *ex)
+{
+    h2o_req_t *req = ex->req;
+    char ip[INET6_ADDRSTRLEN];
+    client_ip(req, ip, sizeof(ip));
+    h2o_iovec_t path = upstream_path(req);
+    ssize_t conn_idx = h2o_find_header(&req->headers, H2O_TOKEN_CONNECTION, -1);
+    ssize_t xff_idx = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-forwarded-for"), -1);
+    uint64_t now = now_ms(ex);
+    uint64_t left = ex->deadline_ms > now ? ex->deadline_ms - now : 1;
+
+    size_t cap =
+        req->method.len + path.len + req->authority.len + strlen(ex->request_id) + strlen(ip) + 256;
+    for (size_t i = 0; i < req->headers.size; i++)
+        cap += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
+    char *head = h2o_mem_alloc_pool(&req->pool, cap), *p = head;
+
+    p += append(p, req->method.base, req->method.len);
+    *p++ = ' ';
+    p += append(p, path.base, path.len);
+    p += append(p, H2O_STRLIT(" HTTP/1.1\r\nhost: "));
+    p += append(p, req->authority.base, req->authority.len);
+    p += append(p, H2O_STRLIT("\r\n"));
+    for (size_t i = 0; i < req->headers.size; i++) {
+        const h2o_header_t *hd = &req->headers.entries[i];
+        if (!request_header_is_forwardable(hd, req, conn_idx))
+            continue;
+        p += append(p, hd->name->base, hd->name->len);
+        p += append(p, H2O_STRLIT(": "));
+        p += append(p, hd->value.base, hd->value.len);
+        p += append(p, H2O_STRLIT("\r\n"));
+    }
+    p += append(p, H2O_STRLIT("x-forwarded-for: "));
+    if (xff_idx >= 0) {
+        h2o_iovec_t v = req->headers.entries[xff_idx].value;
+        p += append(p, v.base, v.len);
+        p += append(p, H2O_STRLIT(", "));
+    }
+    p += (size_t)sprintf(p, "%s\r\nx-request-id: %s\r\nx-request-timeout-ms: %llu\r\n", ip,
+                         ex->request_id, (unsigned long long)left);
+    if (req->entity.base != NULL)
+        p += (size_t)sprintf(p, "content-length: %zu\r\n", req->entity.len);
+    p += append(p, H2O_STRLIT("\r\n"));
+    return h2o_iovec_init(head, (size_t)(p - head));
+}
+
+static void on_write(uv_write_t *wr, int status)
+{
+    exchange_t *ex = wr->data;
+    if (status < 0 && status != UV_ECANCELED && ex->state == EX_WAITING_HEAD && ex->buf_len == 0 &&
+        ex->conn != NULL) {
+        retry_or_fail(ex, uv_strerror(status)); /* our write reference holds ex meanwhile */
+    }
+    unref(ex);
+}
+
+static void send_request(exchange_t *ex)
+{
+    h2o_iovec_t head = build_request_head(ex);
+    uv_buf_t bufs[2] = {uv_buf_init(head.base, (unsigned)head.len)};
+    unsigned nbufs = 1;
+    if (ex->req->entity.base != NULL && ex->req->entity.len > 0)
+        bufs[nbufs++] = uv_buf_init(ex->req->entity.base, (unsigned)ex->req->entity.len);
+
+    ex->state = EX_WAITING_HEAD;
+    ex->buf_len = 0;
+    ex->head_prev_len = 0;
+    ex->write_req.data = ex;
+    int r = uv_write(&ex->write_req, (uv_stream_t *)&ex->conn->tcp, bufs, nbufs, on_write);
+    if (r == 0)
+        ex->refs++;
+    if (r == 0)
+        r = uv_read_start((uv_stream_t *)&ex->conn->tcp, alloc_cb, on_upstream_read);
+    if (r != 0)
+        retry_or_fail(ex, uv_strerror(r));
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    exchange_t *ex = t->data;
+    ex->refs++;
+    if (ex->state == EX_CONNECTING && now_ms(ex) < ex->deadline_ms)
+        fail(ex, GW_OUTCOME_CONNECT_TIMEOUT, "connect timed out");
+    else
+        fail(ex, GW_OUTCOME_TIMEOUT, "deadline passed");
+    unref(ex);
+}
+
+static void arm_timer(exchange_t *ex, uint64_t at_ms)
+{
+    uint64_t now = now_ms(ex);
+    uv_timer_start(&ex->timer, on_timer, at_ms > now ? at_ms - now : 0, 0);
+}
+
+static void on_connected(gw_conn_t *c, int status)
+{
+    exchange_t *ex = c->owner;
+    ex->refs++;
+    if (status != 0) {
+        fail(ex, GW_OUTCOME_CONNECT_REFUSED, uv_strerror(status));
+    } else if (ex->req == NULL) {
+        finish(ex, GW_OUTCOME_CANCELLED, false);
+    } else {
+        arm_timer(ex, ex->deadline_ms);
+        send_request(ex);
+    }
+    unref(ex);
+}
+
+/* Starts an attempt on a connection. `fresh` skips the idle pool (used for the retry after a
+ * pooled connection turned out to be stale). */
+static void start_attempt(exchange_t *ex, bool fresh)
+{
+    bool ready = false;
+    ex->attempts++;
+    ex->state = EX_CONNECTING;
+    ex->conn = NULL;
+    int r = fresh ? gw_conn_connect(ex->host, ex, on_connected, &ex->conn)
+                  : gw_conn_acquire(ex->host, ex, on_connected, &ex->conn, &ready);
+    if (r != 0) {
+        ex->conn = NULL;
+        fail(ex, GW_OUTCOME_CONNECT_REFUSED, uv_strerror(r));
+        return;
+    }
+    if (ready) {
+        arm_timer(ex, ex->deadline_ms);
+        send_request(ex);
+    } else {
+        uint64_t cd = ex->connect_deadline_ms;
+        arm_timer(ex, cd < ex->deadline_ms ? cd : ex->deadline_ms);
+    }
+}
+
+/*
+ * A connection broke before any byte of the response. A pooled connection may simply have been
+ * closed by the upstream while idle (the keep-alive race): then the request never reached it and
+ * an idempotent request is safely sent again, once, on a new connection. Anything else fails.
+ */
+static void retry_or_fail(exchange_t *ex, const char *detail)
+{
+    bool stale = ex->conn != NULL && ex->conn->reused;
+    if (stale && ex->attempts == 1 && ex->req != NULL && is_idempotent(ex->req->method)) {
+        uv_read_stop((uv_stream_t *)&ex->conn->tcp);
+        gw_conn_close(ex->conn, false);
+        ex->conn = NULL;
+        GW_STAT_ADD(ex->up->stats->retries, 1);
+        ex->connect_deadline_ms = now_ms(ex) + ex->up->cfg->connect_timeout_ms;
+        start_attempt(ex, true);
+        return;
+    }
+    fail(ex, GW_OUTCOME_RESET, detail);
+}
+
+/* ---- the handler ------------------------------------------------------------------------- */
+
+/* The h2o request's pool is being cleared: the request is gone. */
+static void on_req_dispose(void *p)
+{
+    exchange_t *ex = *(exchange_t **)p;
+    gw_worker_t *w = ex->w;
+    int status = ex->orig_req->res.status;
+    ex->req = NULL;
+    finish(ex, GW_OUTCOME_CANCELLED, false); /* the request's reference holds ex meanwhile */
+    gw_stats_count_response(gw_stats_route(w->stats, w->index, ex->route_idx),
+                            status != 0 ? status : 499, (uv_hrtime() - ex->start_ns) / 1000);
+    w->inflight--;
+    GW_STAT_ADD(w->wstats->requests_inflight, -1);
+    unref(ex); /* the request's reference */
+}
+
+static int64_t bulkhead_inflight(gw_worker_t *w, uint32_t upstream)
+{
+    int64_t sum = 0;
+    uint32_t n = gw_stats_nworkers(w->stats);
+    for (uint32_t i = 0; i < n; i++)
+        sum += GW_STAT_GET(gw_stats_upstream(w->stats, i, upstream)->inflight);
+    return sum;
+}
+
+/* Counts a response that Breakwater answered itself, before any exchange existed. */
+static void count_local_reply(gw_worker_t *w, uint32_t route, int status, uint64_t start_ns)
+{
+    gw_stats_count_response(gw_stats_route(w->stats, w->index, route), status,
+                            (uv_hrtime() - start_ns) / 1000);
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    gw_worker_t *w = ((proxy_handler_t *)self)->w;
+    uint64_t start_ns = uv_hrtime();
+    char request_id[GW_REQUEST_ID_MAX + 1];
+    make_request_id(w, req, request_id);
+    GW_STAT_ADD(w->wstats->requests_total, 1);
+
+    int route_idx = gw_router_match(&w->router, req->authority.base, req->authority.len,
+                                    req->path_normalized.base, req->path_normalized.len);
+    if (route_idx < 0) {
+        add_request_id_header(req, request_id);
+        gw_reply_error(req, 404, "no_route", "no_route", request_id, NULL,
+                       "no route matches %.*s %.*s", (int)req->method.len, req->method.base,
+                       (int)(req->path.len > 200 ? 200 : req->path.len), req->path.base);
+        count_local_reply(w, (uint32_t)w->cfg->nroutes, 404, start_ns);
+        return 0;
+    }
+    const gw_route_config_t *route = &w->cfg->routes[route_idx];
+    gw_upstream_t *up = &w->upstreams.ups[route->upstream_index];
+
+    if (bulkhead_inflight(w, up->index) >= (int64_t)up->cfg->max_concurrent) {
+        GW_STAT_ADD(up->stats->bulkhead_rejected, 1);
+        add_request_id_header(req, request_id);
+        gw_reply_error(req, 503, "upstream_overloaded", "bulkhead", request_id, NULL,
+                       "upstream '%s' is at its limit of %u concurrent requests", up->cfg->name,
+                       up->cfg->max_concurrent);
+        count_local_reply(w, (uint32_t)route_idx, 503, start_ns);
+        return 0;
+    }
+    gw_host_t *host = gw_upstream_pick(up);
+    if (host == NULL) {
+        add_request_id_header(req, request_id);
+        gw_reply_error(req, 503, "no_healthy_upstream", "no_host", request_id, NULL,
+                       "upstream '%s' has no healthy host", up->cfg->name);
+        count_local_reply(w, (uint32_t)route_idx, 503, start_ns);
+        return 0;
+    }
+
+    /* deadline: the route's timeout, shortened by the caller's own */
+    uint64_t timeout = route->timeout_ms;
+    int64_t inbound = header_uint(req, H2O_STRLIT("x-request-timeout-ms"));
+    if (inbound >= 0 && (uint64_t)inbound < timeout)
+        timeout = (uint64_t)inbound;
+    if (timeout == 0) {
+        add_request_id_header(req, request_id);
+        gw_reply_error(req, 504, "upstream_timeout", "timeout", request_id, NULL,
+                       "the request's deadline had already passed");
+        count_local_reply(w, (uint32_t)route_idx, 504, start_ns);
+        return 0;
+    }
+
+    exchange_t *ex = calloc(1, sizeof(*ex));
+    char *buf = ex != NULL ? gw_buf_get(&w->bufs) : NULL;
+    exchange_t **link = ex != NULL && buf != NULL
+                            ? h2o_mem_alloc_shared(&req->pool, sizeof(*link), on_req_dispose)
+                            : NULL;
+    if (link == NULL) {
+        gw_buf_put(&w->bufs, buf);
+        free(ex);
+        add_request_id_header(req, request_id);
+        gw_reply_error(req, 500, "internal_error", NULL, request_id, NULL, "out of memory");
+        count_local_reply(w, (uint32_t)route_idx, 500, start_ns);
+        return 0;
+    }
+    *link = ex;
+    ex->w = w;
+    ex->req = req;
+    ex->orig_req = req;
+    ex->route_idx = (uint32_t)route_idx;
+    ex->route = route;
+    ex->up = up;
+    ex->host = host;
+    ex->buf = buf;
+    ex->refs = 3; /* the request, the timer, and this function */
+    ex->head_request = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
+    ex->start_ns = start_ns;
+    ex->deadline_ms = uv_now(w->loop) + timeout;
+    ex->connect_deadline_ms = uv_now(w->loop) + up->cfg->connect_timeout_ms;
+    memcpy(ex->request_id, request_id, sizeof(request_id));
+    uv_timer_init(w->loop, &ex->timer);
+    ex->timer.data = ex;
+    w->inflight++;
+    GW_STAT_ADD(w->wstats->requests_inflight, 1);
+    GW_STAT_ADD(up->stats->inflight, 1);
+    GW_STAT_ADD(up->stats->requests, 1);
+
+    start_attempt(ex, false);
+    unref(ex);
+    return 0;
+}
+
+void gw_proxy_register(gw_worker_t *w, h2o_pathconf_t *pathconf)
+{
+    proxy_handler_t *h = (proxy_handler_t *)h2o_create_handler(pathconf, sizeof(*h));
+    h->super.on_req = on_req;
+    h->w = w;
+}

@@ -1,0 +1,89 @@
+/*
+ * stats.h - counters and gauges in shared memory, one slot per worker.
+ *
+ * The supervisor maps the region before forking, so every process sees it. Each worker writes
+ * only its own slot (no atomic read-modify-write, no contention: GW_STAT_ADD is a relaxed load
+ * plus a relaxed store), and the control process reads all slots to render /metrics and the
+ * admin API. A replacement worker takes over its predecessor's slot: counters carry on (so they
+ * never go backwards, as Prometheus requires) and the supervisor zeroes the gauges.
+ *
+ * Bounded by construction: the layout is fixed by the route and upstream counts at creation.
+ * Status codes per route are kept in a small open-addressed table of GW_STATS_CODES entries;
+ * codes beyond that are counted under code 0 ("other").
+ */
+#ifndef GW_STATS_H
+#define GW_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "outcome.h"
+
+#define GW_STATS_CODES 24
+#define GW_STATS_LATENCY_BUCKETS 14
+
+/* Upper bounds of the latency histogram buckets, in microseconds (the last is +Inf). */
+extern const uint64_t gw_stats_latency_bounds_us[GW_STATS_LATENCY_BUCKETS];
+
+#define GW_STAT_ADD(field, n)                                                                      \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define GW_STAT_SET(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+#define GW_STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+typedef struct gw_code_count {
+    uint64_t code; /* 0 = free slot, or "other" in the last slot */
+    uint64_t count;
+} gw_code_count_t;
+
+typedef struct gw_route_stats {
+    gw_code_count_t codes[GW_STATS_CODES];
+    uint64_t latency_buckets[GW_STATS_LATENCY_BUCKETS]; /* not cumulative */
+    uint64_t latency_sum_us;
+    uint64_t latency_count;
+} gw_route_stats_t;
+
+typedef struct gw_upstream_stats {
+    uint64_t requests;          /* admitted to the upstream */
+    uint64_t conn_opened;       /* TCP connections established */
+    uint64_t conn_reused;       /* requests sent on a pooled connection */
+    uint64_t conn_failed;       /* connect attempts that failed or timed out */
+    uint64_t bulkhead_rejected; /* refused by max_concurrent */
+    uint64_t retries;           /* re-sent after a pooled connection turned out stale */
+    uint64_t outcomes[GW_OUTCOME_KIND_COUNT];
+    /* gauges: zeroed by the supervisor when the worker is replaced */
+    int64_t inflight; /* requests admitted and not finished: the bulkhead counts these */
+    int64_t conn_active;
+    int64_t conn_idle;
+} gw_upstream_stats_t;
+
+typedef struct gw_worker_stats {
+    int64_t pid;           /* 0 = no process in this slot */
+    int64_t ready;         /* 1 once the worker accepts connections */
+    uint64_t started_ms;   /* monotonic */
+    uint64_t heartbeat_ms; /* monotonic, bumped by the worker's loop */
+    uint64_t bufpool_hits, bufpool_misses;
+    uint64_t requests_total;
+    int64_t requests_inflight;
+} gw_worker_stats_t;
+
+typedef struct gw_stats gw_stats_t;
+
+/* Maps a new shared region for `nworkers` workers, cfg->nroutes routes (+1 slot for requests that
+ * matched no route) and cfg->nupstreams upstreams. Returns NULL (errno set) on failure. */
+gw_stats_t *gw_stats_new(const gw_config_t *cfg, uint32_t nworkers);
+void gw_stats_free(gw_stats_t *st);
+
+uint32_t gw_stats_nworkers(const gw_stats_t *st);
+gw_worker_stats_t *gw_stats_worker(gw_stats_t *st, uint32_t worker);
+/* route == cfg->nroutes is the "no route" slot. */
+gw_route_stats_t *gw_stats_route(gw_stats_t *st, uint32_t worker, uint32_t route);
+gw_upstream_stats_t *gw_stats_upstream(gw_stats_t *st, uint32_t worker, uint32_t upstream);
+
+/* Called by the owning worker only. */
+void gw_stats_count_response(gw_route_stats_t *rs, int status, uint64_t latency_us);
+
+/* Zeroes the gauges of a worker slot whose process is gone (supervisor). */
+void gw_stats_reset_gauges(gw_stats_t *st, uint32_t worker);
+
+#endif
