@@ -10,8 +10,10 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "reply.h"
 
@@ -74,7 +76,7 @@ static void handle_readyz(gw_admin_t *a, h2o_req_t *req)
 
 static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
 {
-    char *text = gw_metrics_render(a->cfg, a->stats);
+    char *text = gw_metrics_render(a->rt);
     if (text == NULL) {
         send_error(req, 500, "internal_error", "out of memory");
         return;
@@ -136,6 +138,179 @@ static void handle_upstreams(gw_admin_t *a, h2o_req_t *req)
     send_json(req, 200, json_pack("{s:o}", "upstreams", list));
 }
 
+/* Reads an unsigned integer query parameter; returns `dflt` when absent, -1 when malformed. */
+static int64_t query_uint(h2o_req_t *req, const char *name, int64_t dflt)
+{
+    if (req->query_at == SIZE_MAX)
+        return dflt;
+    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp != NULL ? amp : end;
+        if ((size_t)(stop - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
+            int64_t v = 0;
+            const char *d = q + nlen + 1;
+            if (d == stop || stop - d > 18)
+                return -1;
+            for (; d < stop; d++) {
+                if (*d < '0' || *d > '9')
+                    return -1;
+                v = v * 10 + (*d - '0');
+            }
+            return v;
+        }
+        q = stop + 1;
+    }
+    return dflt;
+}
+
+static int event_row(void *ctx, int64_t id, int64_t ts_ms, const char *kind, int32_t worker,
+                     const char *fields_json)
+{
+    json_t *fields = json_loads(fields_json, 0, NULL);
+    json_t *row =
+        json_pack("{s:I, s:I, s:s, s:o, s:o}", "id", (json_int_t)id, "ts_ms", (json_int_t)ts_ms,
+                  "kind", kind, "worker", worker < 0 ? json_null() : json_integer(worker), "fields",
+                  fields != NULL ? fields : json_object());
+    json_array_append_new(ctx, row);
+    return 0;
+}
+
+static void handle_events(gw_admin_t *a, h2o_req_t *req)
+{
+    int64_t since = query_uint(req, "since", 0), limit = query_uint(req, "limit", 100);
+    if (since < 0 || limit < 1 || limit > 1000) {
+        send_error(req, 400, "bad_request",
+                   "'since' must be an event id (>= 0) and 'limit' 1..1000");
+        return;
+    }
+    if (a->eventlog == NULL) {
+        send_error(req, 503, "database_unavailable", "the state database is not open");
+        return;
+    }
+    json_t *list = json_array();
+    int r = al_eventlog_list(a->eventlog, since, (uint32_t)limit, event_row, list);
+    if (r != 0) {
+        json_decref(list);
+        send_error(req, 500, "database_error", al_db_strerror(r));
+        return;
+    }
+    size_t n = json_array_size(list);
+    json_int_t next = n > 0 ? json_integer_value(json_object_get(json_array_get(list, n - 1), "id"))
+                            : (json_int_t)since;
+    send_json(req, 200, json_pack("{s:o, s:I}", "events", list, "next_since", next));
+}
+
+/* ---- POST /api/v1/reload ---------------------------------------------------------------- */
+
+#define RELOAD_WAIT_MS 20000
+#define RELOAD_POLL_MS 25
+
+typedef struct pending_reload {
+    uv_timer_t timer;
+    gw_admin_t *admin;
+    h2o_req_t *req; /* NULL once the client went away */
+    uint64_t seq0, deadline_ms;
+} pending_reload_t;
+
+static void on_reload_req_dispose(void *p)
+{
+    pending_reload_t *pr = *(pending_reload_t **)p;
+    pr->req = NULL;
+}
+
+static void reload_answer(pending_reload_t *pr)
+{
+    gw_shared_t *sh = pr->admin->rt->shared;
+    if (pr->req == NULL)
+        return;
+    bool ok = GW_STAT_GET(sh->reload_ok) == 1;
+    char msg[sizeof(sh->reload_message)];
+    memcpy(msg, sh->reload_message, sizeof(msg));
+    msg[sizeof(msg) - 1] = '\0';
+    if (ok) {
+        send_json(pr->req, 200,
+                  json_pack("{s:s, s:s, s:I}", "status", "reloaded", "message", msg, "generation",
+                            (json_int_t)GW_STAT_GET(sh->config_generation)));
+        return;
+    }
+    json_t *errors = json_loads(msg, 0, NULL);
+    send_json(pr->req, 422,
+              json_pack("{s:s, s:s, s:o}", "error", "reload_failed", "message",
+                        "the new configuration was refused; the running one is kept", "errors",
+                        json_is_array(errors) ? errors : json_pack("[s]", msg)));
+    if (!json_is_array(errors))
+        json_decref(errors);
+}
+
+static void on_reload_timer_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_reload_poll(uv_timer_t *t)
+{
+    pending_reload_t *pr = t->data;
+    uint64_t seq = __atomic_load_n(&pr->admin->rt->shared->reload_seq, __ATOMIC_ACQUIRE);
+    if (seq != pr->seq0) {
+        reload_answer(pr);
+    } else if (uv_now(pr->admin->loop) < pr->deadline_ms && pr->req != NULL) {
+        return;
+    } else if (pr->req != NULL) {
+        send_error(pr->req, 504, "reload_timeout", "the supervisor did not report a result");
+    }
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, on_reload_timer_close);
+}
+
+static void handle_reload(gw_admin_t *a, h2o_req_t *req)
+{
+    /* validate here first, so that the caller gets every error even if the supervisor is busy */
+    if (a->rt->config_path != NULL) {
+        gw_diag_t diag;
+        gw_config_t *cfg = NULL;
+        gw_diag_init(&diag);
+        int r = gw_config_load_file(a->rt->config_path, &cfg, &diag);
+        gw_config_free(cfg);
+        if (r != 0) {
+            json_t *errors = json_array();
+            for (size_t i = 0; i < diag.n; i++)
+                json_array_append_new(errors, json_string(diag.items[i]));
+            gw_diag_dispose(&diag);
+            json_t *ev =
+                json_pack("{s:s, s:O}", "reason", "invalid configuration", "errors", errors);
+            char *text = json_dumps(ev, JSON_COMPACT);
+            json_decref(ev);
+            gw_events_emit(a->rt->events, "reload_failed", -1, text);
+            free(text);
+            send_json(req, 422,
+                      json_pack("{s:s, s:s, s:o}", "error", "invalid_config", "message",
+                                "the configuration file has errors; the running one is kept",
+                                "errors", errors));
+            return;
+        }
+        gw_diag_dispose(&diag);
+    }
+    pending_reload_t *pr = calloc(1, sizeof(*pr));
+    pending_reload_t **link =
+        pr != NULL ? h2o_mem_alloc_shared(&req->pool, sizeof(*link), on_reload_req_dispose) : NULL;
+    if (link == NULL) {
+        free(pr);
+        send_error(req, 500, "internal_error", "out of memory");
+        return;
+    }
+    *link = pr;
+    pr->admin = a;
+    pr->req = req;
+    pr->seq0 = __atomic_load_n(&a->rt->shared->reload_seq, __ATOMIC_ACQUIRE);
+    pr->deadline_ms = uv_now(a->loop) + RELOAD_WAIT_MS;
+    uv_timer_init(a->loop, &pr->timer);
+    pr->timer.data = pr;
+    uv_timer_start(&pr->timer, on_reload_poll, RELOAD_POLL_MS, RELOAD_POLL_MS);
+    kill(getppid(), SIGHUP);
+}
+
 static int path_is(h2o_req_t *req, const char *p)
 {
     return h2o_memis(req->path_normalized.base, req->path_normalized.len, p, strlen(p));
@@ -147,10 +322,20 @@ static int has_prefix(h2o_req_t *req, const char *p)
     return req->path_normalized.len >= n && memcmp(req->path_normalized.base, p, n) == 0;
 }
 
+static void on_admin_req_dispose(void *p)
+{
+    gw_admin_t *a = *(gw_admin_t **)p;
+    a->inflight--;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     gw_admin_t *a = ((admin_handler_t *)self)->admin;
     bool get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+    bool post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+    gw_admin_t **link = h2o_mem_alloc_shared(&req->pool, sizeof(*link), on_admin_req_dispose);
+    *link = a;
+    a->inflight++;
     if (path_is(req, "/healthz")) {
         send_json(req, 200, json_pack("{s:s}", "status", "ok"));
         return 0;
@@ -167,9 +352,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         handle_metrics(a, req);
     else if (get && path_is(req, "/api/v1/upstreams"))
         handle_upstreams(a, req);
+    else if (get && path_is(req, "/api/v1/events"))
+        handle_events(a, req);
+    else if (post && path_is(req, "/api/v1/reload"))
+        handle_reload(a, req);
     else if (path_is(req, "/readyz") || path_is(req, "/metrics") ||
-             path_is(req, "/api/v1/upstreams"))
+             path_is(req, "/api/v1/upstreams") || path_is(req, "/api/v1/events"))
         send_error(req, 405, "method_not_allowed", "this endpoint takes GET");
+    else if (path_is(req, "/api/v1/reload"))
+        send_error(req, 405, "method_not_allowed", "this endpoint takes POST");
     else if (has_prefix(req, "/api/v1/"))
         send_error(req, 501, "not_implemented", "this admin endpoint is not implemented yet");
     else

@@ -8,16 +8,22 @@
 #define GW_ADMIN_H
 
 #include <h2o.h>
+#include <uv.h>
 
 #include "config.h"
 #include "db.h"
+#include "eventlog.h"
+#include "runtime.h"
 #include "stats.h"
 
 typedef struct gw_admin {
+    uv_loop_t *loop;
+    const gw_runtime_t *rt;
     const gw_config_t *cfg;
     gw_stats_t *stats;
-    al_db_t *db;
-    uint64_t started_ms;
+    al_db_t *db;             /* NULL when the database could not be opened */
+    al_eventlog_t *eventlog; /* NULL likewise */
+    uint64_t inflight;       /* admin requests not yet disposed (graceful stop waits for 0) */
 } gw_admin_t;
 
 /* Installs the admin handler on `pathconf`. */
@@ -25,6 +31,6 @@ void gw_admin_register(gw_admin_t *a, h2o_pathconf_t *pathconf);
 
 /* Renders the Prometheus text exposition of every metric into a malloc'd NUL-terminated string
  * (metrics.c). Returns NULL when out of memory. */
-char *gw_metrics_render(const gw_config_t *cfg, gw_stats_t *stats);
+char *gw_metrics_render(const gw_runtime_t *rt);
 
 #endif

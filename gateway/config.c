@@ -39,13 +39,15 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define ARENA_BLOCK_UNITS 512                /* 8 KiB blocks */
-#define ARENA_MAX_BYTES ((size_t)64 << 20)   /* bound on one config's memory */
-#define FILE_MAX_BYTES ((size_t)16 << 20)    /* bound on a config file */
-#define MAX_DIAGS 500                        /* then one "too many errors" and silence */
-#define WHERE_MAX 256                        /* "upstream 'users' health_check" */
-#define NAME_MAX_LEN 64                      /* upstream, route and channel names */
-#define MAX_FIELDS 16                        /* keys in one mapping table */
+#ifndef ARENA_BLOCK_UNITS /* overridable so allocation-failure tests can fail every allocation */
+#define ARENA_BLOCK_UNITS 512 /* 16 KiB blocks with glibc's 32-byte max_align_t */
+#endif
+#define ARENA_MAX_BYTES ((size_t)64 << 20) /* bound on one config's memory */
+#define FILE_MAX_BYTES ((size_t)16 << 20)  /* bound on a config file */
+#define MAX_DIAGS 500                      /* then one "too many errors" and silence */
+#define WHERE_MAX 256                      /* "upstream 'users' health_check" */
+#define NAME_MAX_LEN 64                    /* upstream, route and channel names */
+#define MAX_FIELDS 16                      /* keys in one mapping table */
 #define MAX_BURST_KEYS_DEFAULT 100000u
 
 /* ---- arena ---- */
@@ -135,6 +137,7 @@ static void arena_free(arena_t *a)
 typedef struct loader {
     const char *file;
     gw_diag_t diag; /* sorted and moved to the caller's list at the end */
+    size_t nerrors; /* counts problems even when a diagnostic could not be stored */
     arena_t *arena;
     gw_config_t *cfg;
     yaml_document_t doc;
@@ -152,9 +155,9 @@ static void vfail(loader_t *L, yaml_mark_t m, const char *fmt, va_list ap)
     char msg[768];
     unsigned line = (unsigned)m.line + 1, col = (unsigned)m.column + 1;
 
-    if (L->diag.n > MAX_DIAGS)
+    if (L->nerrors++ > MAX_DIAGS)
         return;
-    if (L->diag.n == MAX_DIAGS) {
+    if (L->nerrors == MAX_DIAGS + 1) {
         gw_diag_add(&L->diag, L->file, line, col, "too many errors; stopping here");
         return;
     }
@@ -205,8 +208,7 @@ static bool is_null(const yaml_node_t *n)
     if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
         return false;
     v = (const char *)n->data.scalar.value;
-    return !*v || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") ||
-           !strcmp(v, "NULL");
+    return !*v || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") || !strcmp(v, "NULL");
 }
 
 static const char *kind_name(const yaml_node_t *n)
@@ -295,15 +297,24 @@ static char *want_text(loader_t *L, const yaml_node_t *n, const char *subj, cons
     return expand(L, n, subj);
 }
 
-/* An integer in [min, max] written as a plain (unquoted) YAML scalar. */
+/* Integers and booleans are plain YAML scalars; a quoted one only when it holds a ${VAR}
+ * reference (in a flow mapping, `{ n: ${N} }` does not parse unquoted). */
+static bool untyped_scalar(const yaml_node_t *n)
+{
+    if (n->type != YAML_SCALAR_NODE || is_null(n))
+        return false;
+    return n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ||
+           strstr((const char *)n->data.scalar.value, "${");
+}
+
+/* An integer in [min, max] (see untyped_scalar). */
 static bool want_uint(loader_t *L, const yaml_node_t *n, const char *subj, uint64_t min,
                       uint64_t max, uint64_t *out)
 {
     char *t;
     uint64_t v;
 
-    if (n->type != YAML_SCALAR_NODE || is_null(n) ||
-        n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+    if (!untyped_scalar(n)) {
         fail(L, n, "%s must be an integer, not %s", subj, kind_name(n));
         return false;
     }
@@ -378,7 +389,7 @@ typedef struct walk {
 } walk_t;
 
 #define NFIELDS(t) (sizeof(t) / sizeof((t)[0]))
-#define WALK(t, w) {(t), NFIELDS(t), UINT32_MAX, (w), NULL}
+#define WALK(t, w) ((walk_t){(t), NFIELDS(t), UINT32_MAX, (w), NULL})
 #define BIT(i) (1u << (i))
 
 static int find_field(const walk_t *w, const char *key)
@@ -395,8 +406,8 @@ static void allowed_keys(const walk_t *w, char *buf, size_t cap)
     buf[0] = '\0';
     for (size_t i = 0; i < w->n && off < cap; i++)
         if (w->allowed & BIT(i))
-            off += (size_t)snprintf(buf + off, cap - off, "%s%s", off ? ", " : "",
-                                    w->fields[i].key);
+            off +=
+                (size_t)snprintf(buf + off, cap - off, "%s%s", off ? ", " : "", w->fields[i].key);
 }
 
 static void deny_key(loader_t *L, const yaml_node_t *k, const walk_t *w, const char *name)
@@ -524,20 +535,27 @@ static void p_u16(field_ctx_t *c)
         *(uint16_t *)c->dst = (uint16_t)v;
 }
 
+/* true/True/TRUE or false/False/FALSE (see untyped_scalar), after ${VAR} expansion. */
 static void p_bool(field_ctx_t *c)
 {
-    static const char *const yes[] = {"true", "True", "TRUE"}, *const no[] = {"false", "False",
-                                                                                "FALSE"};
-    if (c->val->type == YAML_SCALAR_NODE && c->val->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
-        const char *v = (const char *)c->val->data.scalar.value;
-        for (size_t i = 0; i < 3; i++) {
-            if (!strcmp(v, yes[i]) || !strcmp(v, no[i])) {
-                *(bool *)c->dst = !strcmp(v, yes[i]);
-                return;
-            }
+    static const char *const yes[] = {"true", "True", "TRUE"};
+    static const char *const no[] = {"false", "False", "FALSE"};
+    const yaml_node_t *n = c->val;
+    const char *v;
+
+    if (!untyped_scalar(n)) {
+        fail(c->L, n, "%s must be true or false, not %s", c->subj, kind_name(n));
+        return;
+    }
+    v = expand(c->L, n, c->subj);
+    for (size_t i = 0; v && i < 3; i++) {
+        if (!strcmp(v, yes[i]) || !strcmp(v, no[i])) {
+            *(bool *)c->dst = !strcmp(v, yes[i]);
+            return;
         }
     }
-    fail(c->L, c->val, "%s must be true or false", c->subj);
+    if (v)
+        fail(c->L, n, "%s must be true or false, not '%s'", c->subj, v);
 }
 
 static void p_nonempty(field_ctx_t *c)
@@ -698,7 +716,7 @@ static void p_admin(field_ctx_t *c)
 
     if (!sub_walk(c, admin_fields, NFIELDS(admin_fields), cfg, &seen, where))
         return;
-    if (seen.val[ADM_LISTEN] && !cfg->admin_token &&
+    if (seen.val[ADM_LISTEN] && !cfg->admin_token && cfg->admin_listen.host &&
         !gw_cfg_addr_is_loopback(cfg->admin_listen.family, cfg->admin_listen.host))
         fail(c->L, seen.val[ADM_LISTEN], "admin API on a non-loopback address needs a token");
 }
@@ -772,8 +790,7 @@ static void p_statuses(field_ctx_t *c)
 enum { HC_PATH = 0, HC_INTERVAL, HC_TIMEOUT, HC_HEALTHY, HC_UNHEALTHY };
 static const field_t health_fields[] = {
     [HC_PATH] = {"path", p_nonempty, offsetof(gw_health_check_config_t, path), 0, 0},
-    [HC_INTERVAL] = {"interval", p_duration, offsetof(gw_health_check_config_t, interval_ms), 1,
-                     0},
+    [HC_INTERVAL] = {"interval", p_duration, offsetof(gw_health_check_config_t, interval_ms), 1, 0},
     [HC_TIMEOUT] = {"timeout", p_duration, offsetof(gw_health_check_config_t, timeout_ms), 1, 0},
     [HC_HEALTHY] = {"healthy_threshold", p_u32,
                     offsetof(gw_health_check_config_t, healthy_threshold), 1, UINT32_MAX},
@@ -827,6 +844,7 @@ static const field_t breaker_fields[] = {
     [BR_MAX_OPEN] = {"max_open_duration", p_duration, BRK(max_open_duration_ms), 1, 0},
     {"half_open_requests", p_u32, BRK(half_open_requests), 1, UINT32_MAX},
 };
+_Static_assert(NFIELDS(breaker_fields) <= MAX_FIELDS, "seen_t holds MAX_FIELDS keys");
 
 static void p_breaker(field_ctx_t *c)
 {
@@ -839,7 +857,8 @@ static void p_breaker(field_ctx_t *c)
         return;
     at = either(&seen, BR_MAX_OPEN, BR_OPEN);
     if (at && b->max_open_duration_ms < b->open_duration_ms)
-        fail(c->L, at, "'max_open_duration' (%llums) must be at least 'open_duration' (%llums) in %s",
+        fail(c->L, at,
+             "'max_open_duration' (%llums) must be at least 'open_duration' (%llums) in %s",
              (unsigned long long)b->max_open_duration_ms, (unsigned long long)b->open_duration_ms,
              where);
 }
@@ -902,6 +921,8 @@ static void load_upstream(loader_t *L, yaml_node_t *k, yaml_node_t *v)
         return;
     }
     u->name = astrdup(L, name);
+    if (!u->name)
+        return; /* out of memory, reported at the end */
     u->pos = srcpos(k);
     upstream_defaults(u);
     cfg->nupstreams++;
@@ -948,8 +969,7 @@ static bool valid_host(const char *s)
         return false;
     for (; *s; s++) {
         char c = *s;
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-              c == '_'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_'))
             return false;
     }
     return true;
@@ -966,8 +986,7 @@ static void p_host(field_ctx_t *c)
     if (strchr(t, ':'))
         fail(c->L, c->val, "%s must not include a port ('%s')", c->subj, t);
     else if (!valid_host(t))
-        fail(c->L, c->val, "invalid host '%s' for %s (use a DNS name or IPv4 address)", t,
-             c->subj);
+        fail(c->L, c->val, "invalid host '%s' for %s (use a DNS name or IPv4 address)", t, c->subj);
     else
         *(char **)c->dst = t;
 }
@@ -1243,7 +1262,7 @@ static const channel_type_t channel_types[GW_CHANNEL_TYPE_COUNT] = {
 };
 
 #define CHANNEL_TYPE_LIST                                                                          \
-    "slack, dingtalk, feishu, wecom, pagerduty, twilio, email, teams, opsgenie, alertmanager, "  \
+    "slack, dingtalk, feishu, wecom, pagerduty, twilio, email, teams, opsgenie, alertmanager, "    \
     "webhook, console"
 
 static void p_to(field_ctx_t *c)
@@ -1281,7 +1300,7 @@ static bool header_entry(loader_t *L, yaml_node_t *k, yaml_node_t *v, gw_channel
     if (!val || !header_value_ok(val))
         return false;
     ch->headers[ch->nheaders] = (gw_kv_t){astrdup(L, name), val};
-    return true;
+    return ch->headers[ch->nheaders].key != NULL;
 }
 
 static void p_headers(field_ctx_t *c)
@@ -1312,6 +1331,7 @@ static const field_t channel_fields[] = {
     [CH_HEADERS] = {"headers", p_headers, 0, 0, 0},
     [CH_RATE_LIMIT] = {"rate_limit", p_rate, CHC(rate_limit), 0, 0},
 };
+_Static_assert(NFIELDS(channel_fields) <= MAX_FIELDS, "seen_t holds MAX_FIELDS keys");
 
 static ssize_t find_channel(const gw_alerts_config_t *a, const char *name)
 {
@@ -1338,8 +1358,7 @@ static int channel_type(loader_t *L, yaml_node_t *k, yaml_node_t *v, const char 
         if (!strcmp(t, channel_types[i].name))
             return i;
     if (t)
-        fail(L, tn, "unknown channel type '%s' in %s (use one of " CHANNEL_TYPE_LIST ")", t,
-             where);
+        fail(L, tn, "unknown channel type '%s' in %s (use one of " CHANNEL_TYPE_LIST ")", t, where);
     return -1;
 }
 
@@ -1390,6 +1409,8 @@ static void load_channel(loader_t *L, yaml_node_t *k, yaml_node_t *v)
         return;
     }
     ch->name = astrdup(L, name);
+    if (!ch->name)
+        return; /* out of memory, reported at the end */
     ch->pos = srcpos(k);
     a->nchannels++; /* even when its body is bad: tiers naming it get no second error */
     snprintf(where, sizeof where, "channel '%s'", name);
@@ -1531,8 +1552,8 @@ static void load_tiers(loader_t *L, yaml_node_t *v)
 /* ---- alerts: rules ---- */
 
 static const char *const event_names[GW_EVENT_KIND_COUNT] = {
-    "breaker_open", "no_healthy_hosts", "host_down",        "worker_crash",  "worker_stall",
-    "rate_limited", "delivery_failing", "crash_loop",       "handler_fault",
+    "breaker_open", "no_healthy_hosts", "host_down",  "worker_crash",  "worker_stall",
+    "rate_limited", "delivery_failing", "crash_loop", "handler_fault",
 };
 
 static const gw_tier_t default_rule_tier[GW_EVENT_KIND_COUNT] = {
@@ -1544,7 +1565,7 @@ static const gw_tier_t default_rule_tier[GW_EVENT_KIND_COUNT] = {
 #define RATE_LIMITED_FOR_DEFAULT 60000u    /* 1m */
 
 #define EVENT_LIST                                                                                 \
-    "breaker_open, no_healthy_hosts, host_down, worker_crash, worker_stall, rate_limited, "      \
+    "breaker_open, no_healthy_hosts, host_down, worker_crash, worker_stall, rate_limited, "        \
     "delivery_failing, crash_loop, handler_fault"
 
 const char *gw_event_kind_name(gw_event_kind_t k)
@@ -1646,8 +1667,9 @@ static void default_rules(loader_t *L, const bool *set, const yaml_node_t *at)
         if (set[e])
             continue;
         if (!a->tiers[t].defined) {
-            fail(L, at, "rule '%s' is not set and its default tier %s is not defined",
-                 event_names[e], tier_names[t]);
+            fail_at(L, at ? at->start_mark : (yaml_mark_t){0, 0, 0},
+                    "rule '%s' is not set and its default tier %s is not defined", event_names[e],
+                    tier_names[t]);
             continue;
         }
         a->rules[e] = (gw_rule_config_t){true, t, 0, 0};
@@ -1663,8 +1685,7 @@ static void load_rules(loader_t *L, yaml_node_t *k, yaml_node_t *v)
     bool set[GW_EVENT_KIND_COUNT] = {0};
 
     if (v && want_type(L, v, YAML_MAPPING_NODE, "'rules' in alerts"))
-        for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top;
-             p++)
+        for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++)
             load_rule(L, node_at(L, p->key), node_at(L, p->value), set);
     default_rules(L, set, k ? k : L->alerts_key);
 }
@@ -1714,8 +1735,8 @@ static void default_alerts(loader_t *L)
     a->channels = arena_array(L->arena, 1, sizeof *a->channels);
     if (!a->channels)
         return;
-    a->channels[0] = (gw_channel_config_t){.name = astrdup(L, "console"),
-                                           .type = GW_CHANNEL_CONSOLE};
+    a->channels[0] =
+        (gw_channel_config_t){.name = astrdup(L, "console"), .type = GW_CHANNEL_CONSOLE};
     a->nchannels = 1;
     for (int t = 0; t < GW_TIER_COUNT; t++) {
         gw_tier_config_t *tc = &a->tiers[t];
@@ -1773,6 +1794,7 @@ static const field_t top_fields[] = {
     {"debug", p_debug, 0, 0, 0},
     [T_ALERTS] = {"alerts", NULL, 0, 0, 0},
 };
+_Static_assert(NFIELDS(top_fields) <= MAX_FIELDS, "seen_t holds MAX_FIELDS keys");
 
 static bool default_addr(loader_t *L, const char *text, gw_addr_t *a)
 {
@@ -1781,7 +1803,7 @@ static bool default_addr(loader_t *L, const char *text, gw_addr_t *a)
         return false;
     a->text = astrdup(L, text);
     a->host = astrdup(L, host);
-    return true;
+    return a->text && a->host;
 }
 
 static uint32_t default_workers(void)
@@ -1928,9 +1950,11 @@ static int loader_finish(loader_t *L, gw_config_t **out, gw_diag_t *diag)
 {
     if (L->have_doc)
         yaml_document_delete(&L->doc);
-    if (L->arena->oom)
+    if (L->arena->oom) {
         gw_diag_add(&L->diag, L->file, 0, 0, "out of memory");
-    if (L->diag.n == 0) {
+        L->nerrors++;
+    }
+    if (L->nerrors == 0) {
         *out = L->cfg;
         return 0;
     }
@@ -1944,7 +1968,6 @@ int gw_config_load_string(const char *name, const char *text, size_t len, gw_con
                           gw_diag_t *diag)
 {
     loader_t L;
-    yaml_node_t *root;
 
     *out = NULL;
     if (loader_init(&L, name) < 0) {
@@ -1952,11 +1975,11 @@ int gw_config_load_string(const char *name, const char *text, size_t len, gw_con
         return -1;
     }
     if (parse_yaml(&L, text, len) == 0) {
-        root = yaml_document_get_root_node(&L.doc);
+        yaml_node_t *root = yaml_document_get_root_node(&L.doc);
         if (root)
             load_root(&L, root);
         else
-            gw_diag_add(&L.diag, L.file, 1, 1, "the config is empty");
+            fail_at(&L, (yaml_mark_t){0, 0, 0}, "the config is empty");
     }
     return loader_finish(&L, out, diag);
 }

@@ -213,12 +213,12 @@ static const char *scan_percent(const char *s, uint32_t *ppm)
 {
     uint64_t whole, v;
     uint32_t frac = 0;
-    int digits = 0;
     const char *p = scan_uint(s, &whole);
 
     if (!p || whole > 100)
         return NULL;
     if (*p == '.') {
+        int digits = 0;
         for (p++; *p >= '0' && *p <= '9' && digits < 4; p++, digits++)
             frac = frac * 10 + (uint32_t)(*p - '0');
         if (digits == 0 || (*p >= '0' && *p <= '9'))
@@ -347,8 +347,8 @@ static bool valid_var_name(const char *s, size_t n)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                  c == '_';
+        bool ok =
+            (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
         if (!ok)
             return false;
     }

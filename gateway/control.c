@@ -15,10 +15,20 @@
 #include "admin.h"
 #include "log.h"
 
+#define DRAIN_INTERVAL_MS 100
+#define DRAIN_BATCH 256
+#define STOP_WAIT_MS 5000
+#define DB_BUSY_TIMEOUT_MS 50
+
 typedef struct control {
+    const gw_runtime_t *rt;
     uv_loop_t loop;
     uv_tcp_t listener;
     uv_signal_t sig_term, sig_int;
+    uv_timer_t drain, db_retry;
+    gw_log_limit_t drain_errors, db_errors;
+    bool stopping;
+    uint64_t stop_deadline_ms;
     h2o_globalconf_t h2o_config;
     h2o_context_t h2o_ctx;
     h2o_accept_ctx_t accept_ctx;
@@ -41,29 +51,118 @@ static void on_accept(uv_stream_t *listener, int status)
     h2o_accept(&c->accept_ctx, h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free));
 }
 
-static void on_signal(uv_signal_t *s, int signum)
+/*
+ * Moves events from the shared channel into the audit trail, one transaction per batch. Only
+ * what was committed to SQLite is committed on the channel, so if this process dies mid-batch the
+ * next control process reads the batch again. When the disk is full the batch is rolled back and
+ * retried on the next tick; meanwhile the channel keeps the newest events (dropping the oldest).
+ */
+static void drain_events(control_t *c)
 {
-    control_t *c = s->data;
-    gw_log(GW_LOG_INFO, "control stopping", NULL);
+    gw_events_t *ev = c->rt->events;
+    gw_event_t *e = malloc(sizeof(*e));
+    if (e == NULL || c->admin.eventlog == NULL) {
+        free(e);
+        return;
+    }
+    int n = 0, r = 0;
+    while (n < DRAIN_BATCH && gw_events_next(ev, uv_now(&c->loop), e) == 1) {
+        if (n == 0 && (r = al_eventlog_begin(c->admin.eventlog)) != 0)
+            break;
+        if ((r = al_eventlog_append(c->admin.eventlog, e->ts_ms, e->kind, e->worker, e->fields)) !=
+            0)
+            break;
+        n++;
+    }
+    if (n > 0 && r == 0)
+        r = al_eventlog_commit(c->admin.eventlog);
+    if (r == 0) {
+        gw_events_commit(ev);
+    } else {
+        al_eventlog_rollback(c->admin.eventlog);
+        gw_events_rewind(ev);
+        gw_log_limited(&c->drain_errors, uv_now(&c->loop), GW_LOG_ERROR,
+                       "cannot store events; will retry", "{s:s}", "error", al_db_strerror(r));
+    }
+    free(e);
+}
+
+static void on_drain(uv_timer_t *t)
+{
+    drain_events(t->data);
+}
+
+static void exit_control(control_t *c)
+{
+    drain_events(c);
+    al_eventlog_close(c->admin.eventlog);
     al_db_close(c->admin.db);
+    gw_log(GW_LOG_INFO, "control stopped", NULL);
     _exit(0);
 }
 
-int gw_control_main(const gw_config_t *cfg, gw_stats_t *stats, int admin_fd)
+/* Stopping: answer what is in flight (a reload request waits for its result), then exit. */
+static void on_stop_poll(uv_timer_t *t)
 {
+    control_t *c = t->data;
+    if (c->admin.inflight == 0 || uv_now(&c->loop) >= c->stop_deadline_ms)
+        exit_control(c);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    control_t *c = s->data;
+    if (c->stopping)
+        return;
+    c->stopping = true;
+    gw_log(GW_LOG_INFO, "control stopping", "{s:I}", "inflight", (json_int_t)c->admin.inflight);
+    uv_close((uv_handle_t *)&c->listener, NULL);
+    c->stop_deadline_ms = uv_now(&c->loop) + STOP_WAIT_MS;
+    uv_timer_start(&c->db_retry, on_stop_poll, 0, 20);
+}
+
+/*
+ * Opens the database without blocking the loop for long: after a reload the previous control
+ * process holds the exclusive lock until it has answered its last request, so a busy database is
+ * retried on a timer instead of waited for.
+ */
+static void on_db_retry(uv_timer_t *t)
+{
+    control_t *c = t->data;
+    char err[512];
+    struct al_db_options opts = {.busy_timeout_ms = DB_BUSY_TIMEOUT_MS};
+    int r = al_db_open_with(c->rt->cfg->state_dir, &opts, &c->admin.db, err, sizeof(err));
+    if (r != 0) {
+        c->admin.db = NULL;
+        gw_log_limited(&c->db_errors, uv_now(&c->loop),
+                       r == AL_DB_EBUSY ? GW_LOG_INFO : GW_LOG_ERROR,
+                       "state database not open yet; retrying", "{s:s}", "error", err);
+        uv_timer_start(t, on_db_retry, r == AL_DB_EBUSY ? 100 : 2000, 0);
+        return;
+    }
+    r = al_eventlog_open(c->admin.db, &c->admin.eventlog);
+    if (r != 0) {
+        gw_log(GW_LOG_ERROR, "cannot prepare the event log", "{s:s}", "error", al_db_strerror(r));
+        c->admin.eventlog = NULL;
+    }
+}
+
+int gw_control_main(const gw_runtime_t *rt, int admin_fd)
+{
+    const gw_config_t *cfg = rt->cfg;
     gw_log_init("control");
     signal(SIGPIPE, SIG_IGN);
     control_t *c = calloc(1, sizeof(*c));
     if (c == NULL || uv_loop_init(&c->loop) != 0)
         return 1;
+    c->rt = rt;
+    c->admin.rt = rt;
     c->admin.cfg = cfg;
-    c->admin.stats = stats;
-    char err[512];
-    if (al_db_open(cfg->state_dir, &c->admin.db, err, sizeof(err)) != 0) {
-        /* keep serving the admin API (readyz reports it); the supervisor logs our state */
-        gw_log(GW_LOG_ERROR, "control cannot open the state database", "{s:s}", "error", err);
-        c->admin.db = NULL;
-    }
+    c->admin.stats = rt->stats;
+    c->admin.loop = &c->loop;
+    c->drain_errors.interval_ms = 10000;
+    c->db_errors.interval_ms = 5000;
+    gw_events_rewind(rt->events);
 
     h2o_config_init(&c->h2o_config);
     c->h2o_config.server_name = h2o_iovec_init(H2O_STRLIT("breakwater"));
@@ -89,6 +188,12 @@ int gw_control_main(const gw_config_t *cfg, gw_stats_t *stats, int admin_fd)
     c->sig_term.data = c->sig_int.data = c;
     uv_signal_start(&c->sig_term, on_signal, SIGTERM);
     uv_signal_start(&c->sig_int, on_signal, SIGINT);
+    uv_timer_init(&c->loop, &c->db_retry);
+    c->db_retry.data = c;
+    uv_timer_start(&c->db_retry, on_db_retry, 0, 0);
+    uv_timer_init(&c->loop, &c->drain);
+    c->drain.data = c;
+    uv_timer_start(&c->drain, on_drain, DRAIN_INTERVAL_MS, DRAIN_INTERVAL_MS);
     gw_log(GW_LOG_INFO, "admin API ready", "{s:s}", "address", cfg->admin_listen.text);
     uv_run(&c->loop, UV_RUN_DEFAULT);
     return 0;

@@ -9,10 +9,9 @@
 #ifndef GW_CONTROL_H
 #define GW_CONTROL_H
 
-#include "config.h"
-#include "stats.h"
+#include "runtime.h"
 
 /* Runs the control loop until SIGTERM. Returns the exit status. */
-int gw_control_main(const gw_config_t *cfg, gw_stats_t *stats, int admin_fd);
+int gw_control_main(const gw_runtime_t *rt, int admin_fd);
 
 #endif

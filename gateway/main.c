@@ -92,7 +92,5 @@ int main(int argc, char **argv)
         gw_config_free(cfg);
         return 0;
     }
-    int status = gw_supervisor_run(cfg, path);
-    gw_config_free(cfg);
-    return status;
+    return gw_supervisor_run(cfg, path);
 }

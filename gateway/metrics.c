@@ -168,6 +168,34 @@ static void render_upstreams(FILE *f, const gw_config_t *cfg, gw_stats_t *st)
     }
 }
 
+static void render_supervision(FILE *f, const gw_runtime_t *rt)
+{
+    header(f, "breakwater_worker_restarts_total", "counter",
+           "Workers replaced by the supervisor, by reason (crash, stall, exit).");
+    for (int r = 0; r < GW_RESTART_REASON_COUNT; r++)
+        fprintf(f, "breakwater_worker_restarts_total{reason=\"%s\"} %llu\n",
+                gw_restart_reason_name((gw_restart_reason_t)r),
+                (unsigned long long)GW_STAT_GET(rt->shared->restarts[r]));
+    header(f, "breakwater_crash_loop", "gauge",
+           "1 while worker respawns are being delayed after repeated crashes.");
+    fprintf(f, "breakwater_crash_loop %lld\n", (long long)GW_STAT_GET(rt->shared->crash_loop));
+    header(f, "breakwater_events_total", "counter", "Events emitted on the events channel.");
+    fprintf(f, "breakwater_events_total %llu\n", (unsigned long long)gw_events_emitted(rt->events));
+    header(f, "breakwater_events_dropped_total", "counter",
+           "Events lost because the channel was full or their writer died mid-write.");
+    fprintf(f, "breakwater_events_dropped_total %llu\n",
+            (unsigned long long)gw_events_dropped(rt->events));
+    uint64_t faults = 0;
+    for (uint32_t w = 0; w < gw_stats_nworkers(rt->stats); w++)
+        faults += GW_STAT_GET(gw_stats_worker(rt->stats, w)->handler_faults);
+    header(f, "breakwater_handler_faults_total", "counter",
+           "Requests answered 500 internal_error by a guarded handler.");
+    fprintf(f, "breakwater_handler_faults_total %llu\n", (unsigned long long)faults);
+    header(f, "breakwater_config_generation", "gauge", "1 at start, +1 per applied reload.");
+    fprintf(f, "breakwater_config_generation %llu\n",
+            (unsigned long long)GW_STAT_GET(rt->shared->config_generation));
+}
+
 static void render_workers(FILE *f, gw_stats_t *st)
 {
     uint64_t hits = 0, misses = 0, ready = 0;
@@ -188,8 +216,10 @@ static void render_workers(FILE *f, gw_stats_t *st)
     fprintf(f, "breakwater_build_info{version=\"%s\"} 1\n", BW_VERSION);
 }
 
-char *gw_metrics_render(const gw_config_t *cfg, gw_stats_t *st)
+char *gw_metrics_render(const gw_runtime_t *rt)
 {
+    const gw_config_t *cfg = rt->cfg;
+    gw_stats_t *st = rt->stats;
     char *out = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&out, &len);
@@ -199,6 +229,7 @@ char *gw_metrics_render(const gw_config_t *cfg, gw_stats_t *st)
     render_latency(f, cfg, st);
     render_upstreams(f, cfg, st);
     render_workers(f, st);
+    render_supervision(f, rt);
     if (fclose(f) != 0) {
         free(out);
         return NULL;

@@ -12,9 +12,10 @@
  *                                  DONE <--body complete / EOF / error / deadline-- STREAMING
  *
  * Timing: one uv timer per exchange. While connecting it fires at the earlier of the connect
- * timeout and the request deadline; afterwards at the deadline. The deadline is the route's
- * timeout, shortened by an inbound X-Request-Timeout-Ms, and what is left of it is sent upstream
- * in X-Request-Timeout-Ms.
+ * timeout and the request deadline; then at the deadline until the response head arrives. The
+ * deadline is the route's timeout, shortened by an inbound X-Request-Timeout-Ms, and what is left
+ * of it is sent upstream in X-Request-Timeout-Ms. While the body streams, the timer is an idle
+ * timeout instead (see arm_body_timer): the upstream must keep sending, the client may be slow.
  *
  * Streaming: response bytes are read into one pooled 64 KiB buffer, de-chunked in place and handed
  * to h2o_send(); reading stops until h2o calls proceed (the client took the bytes). So memory per
@@ -31,7 +32,9 @@
  * h2o may still be writing from it until the request is disposed.
  */
 #include <arpa/inet.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,7 +51,8 @@ typedef struct proxy_handler {
 } proxy_handler_t;
 
 typedef enum ex_state {
-    EX_CONNECTING = 0,
+    EX_DELAYED = 0, /* held by the route's fault.delay before anything is sent */
+    EX_CONNECTING,
     EX_WAITING_HEAD,
     EX_STREAMING,
     EX_DONE,
@@ -75,6 +79,7 @@ typedef struct exchange {
     bool resp_keep_alive;
     uint16_t status;
     uint64_t start_ns;    /* uv_hrtime at admission */
+    uint64_t timeout_ms;  /* the deadline's length */
     uint64_t deadline_ms; /* uv_now() clock */
     uint64_t connect_deadline_ms;
     char *buf; /* pooled read buffer */
@@ -85,6 +90,32 @@ typedef struct exchange {
 } exchange_t;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
+
+/* Marks what the worker is handling, for the crash record (see crash.h). */
+static void guard(gw_worker_t *w, int64_t route, const char *request_id)
+{
+    w->crash_ctx.route = route;
+    w->crash_ctx.request_id = request_id;
+}
+
+static void unguard(gw_worker_t *w)
+{
+    w->crash_ctx.route = -1;
+    w->crash_ctx.request_id = NULL;
+}
+
+#define GUARD_EX(ex) guard((ex)->w, (int64_t)(ex)->route_idx, (ex)->request_id)
+
+/* A uniform draw in [0, 1000000) for fault percentages (xorshift64; not for secrets). */
+static uint32_t roll_ppm(gw_worker_t *w)
+{
+    uint64_t x = w->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    w->rng = x;
+    return (uint32_t)(x % GW_PPM_ONE);
+}
 
 static uint64_t now_ms(const exchange_t *ex)
 {
@@ -245,6 +276,19 @@ static void fail(exchange_t *ex, gw_outcome_kind_t kind, const char *detail)
 
 /* ---- the response -------------------------------------------------------------------------- */
 
+static void on_timer(uv_timer_t *t);
+
+/*
+ * Once the head has arrived the request deadline no longer applies (a 1 GB download to a slow
+ * client may rightly take longer): instead the upstream must send something at least every
+ * `timeout` (the route's), counted only while we are reading. While h2o is still sending our
+ * last bytes to the client the timer is stopped: a slow client is not the upstream's fault.
+ */
+static void arm_body_timer(exchange_t *ex)
+{
+    uv_timer_start(&ex->timer, on_timer, ex->route->timeout_ms, 0);
+}
+
 static void on_proceed(h2o_generator_t *gen, h2o_req_t *req);
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req);
 static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -324,6 +368,7 @@ static bool handle_body(exchange_t *ex, size_t off, size_t len)
     if (len == 0)
         return true;
     uv_read_stop((uv_stream_t *)&ex->conn->tcp);
+    uv_timer_stop(&ex->timer);
     send_to_client(ex, ex->buf + off, len, H2O_SEND_STATE_IN_PROGRESS);
     return false;
 }
@@ -332,9 +377,9 @@ static bool handle_body(exchange_t *ex, size_t off, size_t len)
 static void handle_head(exchange_t *ex)
 {
     gw_h1_response_t res;
+    int hl;
     for (;;) {
-        int hl =
-            gw_h1_parse_response(ex->buf, ex->buf_len, ex->head_prev_len, ex->head_request, &res);
+        hl = gw_h1_parse_response(ex->buf, ex->buf_len, ex->head_prev_len, ex->head_request, &res);
         if (hl == GW_H1_INCOMPLETE) {
             if (ex->buf_len == GW_BUF_SIZE)
                 fail(ex, GW_OUTCOME_RESET, "response head larger than 64 KiB");
@@ -352,7 +397,6 @@ static void handle_head(exchange_t *ex)
         ex->buf_len -= (size_t)hl;
         ex->head_prev_len = 0;
     }
-    size_t hl = (size_t)gw_h1_parse_response(ex->buf, ex->buf_len, 0, ex->head_request, &res);
     ex->status = (uint16_t)res.status;
     ex->resp_keep_alive = res.keep_alive;
     gw_h1_body_init(&ex->body, &res);
@@ -360,7 +404,8 @@ static void handle_head(exchange_t *ex)
     if (ex->req == NULL)
         return;
     start_response(ex, &res);
-    if (handle_body(ex, hl, ex->buf_len - hl))
+    arm_body_timer(ex);
+    if (handle_body(ex, (size_t)hl, ex->buf_len - (size_t)hl))
         ex->buf_len = 0;
 }
 
@@ -373,12 +418,16 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || ex == NULL)
         return;
     ex->refs++;
+    GUARD_EX(ex);
     if (nread > 0) {
         ex->buf_len += (size_t)nread;
         if (ex->state == EX_WAITING_HEAD)
             handle_head(ex);
-        else if (ex->state == EX_STREAMING && handle_body(ex, 0, ex->buf_len))
-            ex->buf_len = 0;
+        else if (ex->state == EX_STREAMING) {
+            arm_body_timer(ex);
+            if (handle_body(ex, 0, ex->buf_len))
+                ex->buf_len = 0;
+        }
     } else if (ex->state == EX_WAITING_HEAD) {
         if (ex->buf_len == 0)
             retry_or_fail(ex, nread == UV_EOF ? "connection closed before a response"
@@ -393,6 +442,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             fail(ex, GW_OUTCOME_RESET, "response body cut short");
         }
     }
+    unguard(ex->w);
     unref(ex);
 }
 
@@ -400,8 +450,10 @@ static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
 {
     exchange_t *ex = H2O_STRUCT_FROM_MEMBER(exchange_t, gen, gen);
     ex->waiting_proceed = false;
-    if (ex->state == EX_STREAMING && ex->conn != NULL)
+    if (ex->state == EX_STREAMING && ex->conn != NULL) {
+        arm_body_timer(ex);
         uv_read_start((uv_stream_t *)&ex->conn->tcp, alloc_cb, on_upstream_read);
+    }
 }
 
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
@@ -535,14 +587,25 @@ static void send_request(exchange_t *ex)
         retry_or_fail(ex, uv_strerror(r));
 }
 
+static void start_attempt(exchange_t *ex, bool fresh);
+
 static void on_timer(uv_timer_t *t)
 {
     exchange_t *ex = t->data;
     ex->refs++;
-    if (ex->state == EX_CONNECTING && now_ms(ex) < ex->deadline_ms)
+    GUARD_EX(ex);
+    if (ex->state == EX_DELAYED) {
+        /* the injected delay is over: the deadline starts now */
+        ex->deadline_ms = now_ms(ex) + ex->timeout_ms;
+        ex->connect_deadline_ms = now_ms(ex) + ex->up->cfg->connect_timeout_ms;
+        start_attempt(ex, false);
+    } else if (ex->state == EX_CONNECTING && now_ms(ex) < ex->deadline_ms)
         fail(ex, GW_OUTCOME_CONNECT_TIMEOUT, "connect timed out");
+    else if (ex->state == EX_STREAMING)
+        fail(ex, GW_OUTCOME_TIMEOUT, "response body stalled");
     else
         fail(ex, GW_OUTCOME_TIMEOUT, "deadline passed");
+    unguard(ex->w);
     unref(ex);
 }
 
@@ -556,6 +619,7 @@ static void on_connected(gw_conn_t *c, int status)
 {
     exchange_t *ex = c->owner;
     ex->refs++;
+    GUARD_EX(ex);
     if (status != 0) {
         fail(ex, GW_OUTCOME_CONNECT_REFUSED, uv_strerror(status));
     } else if (ex->req == NULL) {
@@ -564,6 +628,7 @@ static void on_connected(gw_conn_t *c, int status)
         arm_timer(ex, ex->deadline_ms);
         send_request(ex);
     }
+    unguard(ex->w);
     unref(ex);
 }
 
@@ -644,94 +709,175 @@ static void count_local_reply(gw_worker_t *w, uint32_t route, int status, uint64
                             (uv_hrtime() - start_ns) / 1000);
 }
 
-static int on_req(h2o_handler_t *self, h2o_req_t *req)
-{
-    gw_worker_t *w = ((proxy_handler_t *)self)->w;
-    uint64_t start_ns = uv_hrtime();
-    char request_id[GW_REQUEST_ID_MAX + 1];
-    make_request_id(w, req, request_id);
-    GW_STAT_ADD(w->wstats->requests_total, 1);
+/* Answers a request that never became an exchange (refusals, faults), counting it. */
+static int reply_local(gw_worker_t *w, h2o_req_t *req, uint32_t route, uint64_t start_ns,
+                       const char *request_id, int status, const char *code, const char *reason,
+                       const char *fmt, ...) __attribute__((format(printf, 9, 10)));
 
-    int route_idx = gw_router_match(&w->router, req->authority.base, req->authority.len,
-                                    req->path_normalized.base, req->path_normalized.len);
-    if (route_idx < 0) {
-        add_request_id_header(req, request_id);
-        gw_reply_error(req, 404, "no_route", "no_route", request_id, NULL,
-                       "no route matches %.*s %.*s", (int)req->method.len, req->method.base,
-                       (int)(req->path.len > 200 ? 200 : req->path.len), req->path.base);
-        count_local_reply(w, (uint32_t)w->cfg->nroutes, 404, start_ns);
+static int reply_local(gw_worker_t *w, h2o_req_t *req, uint32_t route, uint64_t start_ns,
+                       const char *request_id, int status, const char *code, const char *reason,
+                       const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    add_request_id_header(req, request_id);
+    gw_reply_verror(req, status, code, reason, request_id, NULL, fmt, ap);
+    va_end(ap);
+    count_local_reply(w, route, status, start_ns);
+    return 1;
+}
+
+/*
+ * X-Breakwater-Fault (only with debug.fault_headers: true): `crash` faults inside the guarded
+ * handler (the worker dies and leaves a crash record), `stall=MS` blocks this worker's event loop,
+ * `abort=STATUS` answers STATUS. Returns 1 when it answered the request.
+ */
+static int apply_fault_header(gw_worker_t *w, h2o_req_t *req, uint32_t route, uint64_t start_ns,
+                              const char *request_id)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-breakwater-fault"), -1);
+    if (i < 0)
+        return 0;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    char val[32];
+    snprintf(val, sizeof(val), "%.*s", (int)(v.len < 31 ? v.len : 31), v.base);
+    unsigned n = 0;
+    if (strcmp(val, "crash") == 0) {
+        gw_log(GW_LOG_WARN, "fault header: crashing this worker", "{s:s}", "request_id",
+               request_id);
+        volatile int *volatile bad = (volatile int *)(uintptr_t)16;
+        *bad = 1; /* a real invalid access, caught by crash.c */
         return 0;
     }
+    if (sscanf(val, "stall=%u", &n) == 1 && n <= 600000) {
+        struct timespec ts = {.tv_sec = n / 1000, .tv_nsec = (long)(n % 1000) * 1000000};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+        return 0;
+    }
+    if (sscanf(val, "abort=%u", &n) == 1 && n >= 200 && n <= 599)
+        return reply_local(w, req, route, start_ns, request_id, (int)n, "fault_injected", NULL,
+                           "fault injected by X-Breakwater-Fault: abort=%u", n);
+    return reply_local(w, req, route, start_ns, request_id, 400, "bad_fault_header", NULL,
+                       "X-Breakwater-Fault must be crash, stall=MS or abort=STATUS");
+}
+
+/* Checks that do not need an exchange. Returns 1 when the request was answered. */
+static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_ns,
+                 const char *request_id, gw_host_t **host, uint64_t *timeout)
+{
+    uint32_t r = route_idx < 0 ? (uint32_t)w->cfg->nroutes : (uint32_t)route_idx;
+    if (w->cfg->debug_fault_headers && apply_fault_header(w, req, r, start_ns, request_id))
+        return 1;
+    if (route_idx < 0)
+        return reply_local(w, req, r, start_ns, request_id, 404, "no_route", "no_route",
+                           "no route matches %.*s %.*s", (int)req->method.len, req->method.base,
+                           (int)(req->path.len > 200 ? 200 : req->path.len), req->path.base);
     const gw_route_config_t *route = &w->cfg->routes[route_idx];
     gw_upstream_t *up = &w->upstreams.ups[route->upstream_index];
-
+    if (route->fault.abort_status != 0 && roll_ppm(w) < route->fault.abort_ppm)
+        return reply_local(w, req, r, start_ns, request_id, route->fault.abort_status,
+                           "fault_injected", NULL, "fault injected by route '%s'", route->name);
     if (bulkhead_inflight(w, up->index) >= (int64_t)up->cfg->max_concurrent) {
         GW_STAT_ADD(up->stats->bulkhead_rejected, 1);
-        add_request_id_header(req, request_id);
-        gw_reply_error(req, 503, "upstream_overloaded", "bulkhead", request_id, NULL,
-                       "upstream '%s' is at its limit of %u concurrent requests", up->cfg->name,
-                       up->cfg->max_concurrent);
-        count_local_reply(w, (uint32_t)route_idx, 503, start_ns);
-        return 0;
+        return reply_local(w, req, r, start_ns, request_id, 503, "upstream_overloaded", "bulkhead",
+                           "upstream '%s' is at its limit of %u concurrent requests", up->cfg->name,
+                           up->cfg->max_concurrent);
     }
-    gw_host_t *host = gw_upstream_pick(up);
-    if (host == NULL) {
-        add_request_id_header(req, request_id);
-        gw_reply_error(req, 503, "no_healthy_upstream", "no_host", request_id, NULL,
-                       "upstream '%s' has no healthy host", up->cfg->name);
-        count_local_reply(w, (uint32_t)route_idx, 503, start_ns);
-        return 0;
-    }
-
-    /* deadline: the route's timeout, shortened by the caller's own */
-    uint64_t timeout = route->timeout_ms;
+    if ((*host = gw_upstream_pick(up)) == NULL)
+        return reply_local(w, req, r, start_ns, request_id, 503, "no_healthy_upstream", "no_host",
+                           "upstream '%s' has no healthy host", up->cfg->name);
+    /* the deadline: the route's timeout, shortened by the caller's own */
+    *timeout = route->timeout_ms;
     int64_t inbound = header_uint(req, H2O_STRLIT("x-request-timeout-ms"));
-    if (inbound >= 0 && (uint64_t)inbound < timeout)
-        timeout = (uint64_t)inbound;
-    if (timeout == 0) {
-        add_request_id_header(req, request_id);
-        gw_reply_error(req, 504, "upstream_timeout", "timeout", request_id, NULL,
-                       "the request's deadline had already passed");
-        count_local_reply(w, (uint32_t)route_idx, 504, start_ns);
-        return 0;
-    }
+    if (inbound >= 0 && (uint64_t)inbound < *timeout)
+        *timeout = (uint64_t)inbound;
+    if (*timeout == 0)
+        return reply_local(w, req, r, start_ns, request_id, 504, "upstream_timeout", "timeout",
+                           "the request's deadline had already passed");
+    return 0;
+}
 
+/* A guarded handler's own failure: 500 internal_error, a handler_fault event, and the worker
+ * carries on. */
+static int handler_fault(gw_worker_t *w, h2o_req_t *req, uint32_t route, uint64_t start_ns,
+                         const char *request_id, const char *what)
+{
+    char fields[256];
+    snprintf(fields, sizeof(fields), "{\"route\":%u,\"request_id\":\"%s\",\"error\":\"%s\"}", route,
+             request_id, what);
+    GW_STAT_ADD(w->wstats->handler_faults, 1);
+    gw_worker_event(w, "handler_fault", fields);
+    return reply_local(w, req, route, start_ns, request_id, 500, "internal_error", NULL,
+                       "internal error: %s", what);
+}
+
+static exchange_t *exchange_new(gw_worker_t *w, h2o_req_t *req)
+{
     exchange_t *ex = calloc(1, sizeof(*ex));
     char *buf = ex != NULL ? gw_buf_get(&w->bufs) : NULL;
-    exchange_t **link = ex != NULL && buf != NULL
-                            ? h2o_mem_alloc_shared(&req->pool, sizeof(*link), on_req_dispose)
-                            : NULL;
+    exchange_t **link =
+        buf != NULL ? h2o_mem_alloc_shared(&req->pool, sizeof(*link), on_req_dispose) : NULL;
     if (link == NULL) {
         gw_buf_put(&w->bufs, buf);
         free(ex);
-        add_request_id_header(req, request_id);
-        gw_reply_error(req, 500, "internal_error", NULL, request_id, NULL, "out of memory");
-        count_local_reply(w, (uint32_t)route_idx, 500, start_ns);
-        return 0;
+        return NULL;
     }
     *link = ex;
+    ex->buf = buf;
+    ex->refs = 3; /* the request, the timer, and the caller */
+    return ex;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    gw_worker_t *w = ((proxy_handler_t *)self)->w;
+    uint64_t start_ns = uv_hrtime(), timeout = 0;
+    char request_id[GW_REQUEST_ID_MAX + 1];
+    make_request_id(w, req, request_id);
+    GW_STAT_ADD(w->wstats->requests_total, 1);
+    int route_idx = gw_router_match(&w->router, req->authority.base, req->authority.len,
+                                    req->path_normalized.base, req->path_normalized.len);
+    guard(w, route_idx, request_id);
+    gw_host_t *host = NULL;
+    if (admit(w, req, route_idx, start_ns, request_id, &host, &timeout)) {
+        unguard(w);
+        return 0;
+    }
+    const gw_route_config_t *route = &w->cfg->routes[route_idx];
+    exchange_t *ex = exchange_new(w, req);
+    if (ex == NULL) {
+        handler_fault(w, req, (uint32_t)route_idx, start_ns, request_id, "out of memory");
+        unguard(w);
+        return 0;
+    }
     ex->w = w;
     ex->req = req;
     ex->orig_req = req;
     ex->route_idx = (uint32_t)route_idx;
     ex->route = route;
-    ex->up = up;
+    ex->up = host->up;
     ex->host = host;
-    ex->buf = buf;
-    ex->refs = 3; /* the request, the timer, and this function */
     ex->head_request = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
     ex->start_ns = start_ns;
+    ex->timeout_ms = timeout;
     ex->deadline_ms = uv_now(w->loop) + timeout;
-    ex->connect_deadline_ms = uv_now(w->loop) + up->cfg->connect_timeout_ms;
+    ex->connect_deadline_ms = uv_now(w->loop) + host->up->cfg->connect_timeout_ms;
     memcpy(ex->request_id, request_id, sizeof(request_id));
     uv_timer_init(w->loop, &ex->timer);
     ex->timer.data = ex;
     w->inflight++;
     GW_STAT_ADD(w->wstats->requests_inflight, 1);
-    GW_STAT_ADD(up->stats->inflight, 1);
-    GW_STAT_ADD(up->stats->requests, 1);
+    GW_STAT_ADD(ex->up->stats->inflight, 1);
+    GW_STAT_ADD(ex->up->stats->requests, 1);
 
-    start_attempt(ex, false);
+    if (route->fault.delay_ms > 0 && roll_ppm(w) < route->fault.delay_ppm) {
+        ex->state = EX_DELAYED;
+        uv_timer_start(&ex->timer, on_timer, route->fault.delay_ms, 0);
+    } else {
+        start_attempt(ex, false);
+    }
+    unguard(w);
     unref(ex);
     return 0;
 }

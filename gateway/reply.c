@@ -93,11 +93,17 @@ int gw_request_id_valid(const char *s, size_t len)
 void gw_reply_error(h2o_req_t *req, int status, const char *code, const char *reason,
                     const char *request_id, const char *extra, const char *fmt, ...)
 {
-    char msg[512], msg_esc[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    gw_reply_verror(req, status, code, reason, request_id, extra, fmt, ap);
     va_end(ap);
+}
+
+void gw_reply_verror(h2o_req_t *req, int status, const char *code, const char *reason,
+                     const char *request_id, const char *extra, const char *fmt, va_list ap)
+{
+    char msg[512], msg_esc[1024];
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
     if (n < 0)
         msg[0] = '\0';
     gw_json_escape(msg_esc, sizeof(msg_esc), msg, strlen(msg));

@@ -10,6 +10,7 @@
 #define GW_REPLY_H
 
 #include <h2o.h>
+#include <stdarg.h>
 #include <stddef.h>
 
 #define GW_REQUEST_ID_MAX 128
@@ -31,6 +32,8 @@ int gw_request_id_valid(const char *s, size_t len);
  *   extra:  further JSON members to append, already formatted and starting with ',', or NULL
  *   fmt:    printf format for the human message (escaped here)
  */
+void gw_reply_verror(h2o_req_t *req, int status, const char *code, const char *reason,
+                     const char *request_id, const char *extra, const char *fmt, va_list ap);
 void gw_reply_error(h2o_req_t *req, int status, const char *code, const char *reason,
                     const char *request_id, const char *extra, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));

@@ -118,3 +118,22 @@ void gw_stats_reset_gauges(gw_stats_t *st, uint32_t worker)
         GW_STAT_SET(us->conn_idle, 0);
     }
 }
+
+const char *gw_restart_reason_name(gw_restart_reason_t r)
+{
+    static const char *const names[GW_RESTART_REASON_COUNT] = {"crash", "stall", "exit"};
+    return (unsigned)r < GW_RESTART_REASON_COUNT ? names[r] : "unknown";
+}
+
+gw_shared_t *gw_shared_new(void)
+{
+    void *p =
+        mmap(NULL, sizeof(gw_shared_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void gw_shared_free(gw_shared_t *sh)
+{
+    if (sh != NULL)
+        munmap(sh, sizeof(*sh));
+}

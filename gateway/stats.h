@@ -57,6 +57,20 @@ typedef struct gw_upstream_stats {
     int64_t conn_idle;
 } gw_upstream_stats_t;
 
+#define GW_CRASH_FRAMES 32
+
+/* Written by a worker's fatal-signal handler (async-signal-safe stores only), read by the
+ * supervisor after it reaped the worker. `signal` is non-zero once a record was written. */
+typedef struct gw_crash_record {
+    int64_t signal;
+    int64_t pid;
+    uint64_t fault_addr;
+    int64_t route; /* route index, -1 when no request was being handled */
+    char request_id[136];
+    uint64_t nframes;
+    uint64_t frames[GW_CRASH_FRAMES]; /* raw return addresses: the supervisor symbolizes them */
+} gw_crash_record_t;
+
 typedef struct gw_worker_stats {
     int64_t pid;           /* 0 = no process in this slot */
     int64_t ready;         /* 1 once the worker accepts connections */
@@ -65,6 +79,8 @@ typedef struct gw_worker_stats {
     uint64_t bufpool_hits, bufpool_misses;
     uint64_t requests_total;
     int64_t requests_inflight;
+    uint64_t handler_faults;
+    gw_crash_record_t crash;
 } gw_worker_stats_t;
 
 typedef struct gw_stats gw_stats_t;
@@ -85,5 +101,32 @@ void gw_stats_count_response(gw_route_stats_t *rs, int status, uint64_t latency_
 
 /* Zeroes the gauges of a worker slot whose process is gone (supervisor). */
 void gw_stats_reset_gauges(gw_stats_t *st, uint32_t worker);
+
+/* Why the supervisor replaced a worker (breakwater_worker_restarts_total{reason}). */
+typedef enum gw_restart_reason {
+    GW_RESTART_CRASH = 0, /* killed by a signal it did not ask for */
+    GW_RESTART_STALL,     /* killed by the watchdog */
+    GW_RESTART_EXIT,      /* exited on its own while it should have kept running */
+    GW_RESTART_REASON_COUNT
+} gw_restart_reason_t;
+
+const char *gw_restart_reason_name(gw_restart_reason_t r);
+
+/*
+ * State owned by the supervisor that outlives any one config (a reload maps a new gw_stats_t for
+ * the new route and upstream layout, but not a new gw_shared_t). Written by the supervisor only,
+ * except `reload_requested`, which the control process sets.
+ */
+typedef struct gw_shared {
+    uint64_t restarts[GW_RESTART_REASON_COUNT];
+    int64_t crash_loop;  /* 1 while respawns are being delayed */
+    uint64_t reload_seq; /* bumped after each reload attempt, when its result is in place */
+    int64_t reload_ok;   /* result of the latest attempt */
+    char reload_message[2048];
+    uint64_t config_generation; /* 1 at start, +1 per applied reload */
+} gw_shared_t;
+
+gw_shared_t *gw_shared_new(void);
+void gw_shared_free(gw_shared_t *sh);
 
 #endif

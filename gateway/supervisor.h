@@ -20,7 +20,8 @@
 #include "config.h"
 
 /* Runs until SIGTERM/SIGINT. Returns the process exit status: 0 after a graceful stop, 1 when
- * start-up failed (the reason is logged). `config_path` is NULL for the embedded default. */
+ * start-up failed (the reason is logged). Takes ownership of cfg (a reload replaces it).
+ * `config_path` is the file reloads read again, NULL for the embedded default. */
 int gw_supervisor_run(gw_config_t *cfg, const char *config_path);
 
 #endif

@@ -21,6 +21,14 @@
 #define BUFPOOL_MAX_FREE 256
 #define STOP_POLL_MS 20
 
+/* A client connection is gone: h2o closed its socket. */
+static void on_client_close(uv_handle_t *h)
+{
+    gw_worker_t *w = h->loop->data;
+    w->open_conns--;
+    free(h);
+}
+
 static void on_accept(uv_stream_t *listener, int status)
 {
     gw_worker_t *w = listener->data;
@@ -35,7 +43,8 @@ static void on_accept(uv_stream_t *listener, int status)
         return;
     }
     uv_tcp_nodelay(conn, 1);
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
+    w->open_conns++;
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, on_client_close);
     h2o_accept(&w->accept_ctx, sock);
 }
 
@@ -55,7 +64,11 @@ static void exit_worker(gw_worker_t *w, const char *why)
 static void on_stop_poll(uv_timer_t *t)
 {
     gw_worker_t *w = t->data;
-    if (w->inflight == 0)
+    /* Wait for the clients to close their connections: h2o answers the next request on each
+     * keep-alive connection with "Connection: close" (HTTP/2: GOAWAY), and closes idle ones after
+     * its own idle timeout. Exiting while a connection is open could drop a request that the
+     * client is sending on it right now. */
+    if (w->inflight == 0 && w->open_conns == 0)
         exit_worker(w, "stopped");
     if (uv_now(w->loop) >= w->stop_deadline_ms)
         exit_worker(w, "shutdown_timeout");
@@ -115,9 +128,15 @@ static int setup_listeners(gw_worker_t *w, const int *fds, size_t nfds)
     return 0;
 }
 
-int gw_worker_main(const gw_config_t *cfg, gw_stats_t *stats, uint32_t index, const int *listen_fds,
-                   size_t nfds)
+void gw_worker_event(gw_worker_t *w, const char *kind, const char *fields_json)
 {
+    gw_events_emit(w->events, kind, (int32_t)w->index, fields_json);
+}
+
+int gw_worker_main(const gw_runtime_t *rt, uint32_t index, const int *listen_fds, size_t nfds)
+{
+    const gw_config_t *cfg = rt->cfg;
+    gw_stats_t *stats = rt->stats;
     gw_log_init("worker");
     signal(SIGPIPE, SIG_IGN);
     gw_worker_t *w = calloc(1, sizeof(*w));
@@ -125,12 +144,18 @@ int gw_worker_main(const gw_config_t *cfg, gw_stats_t *stats, uint32_t index, co
     if (w == NULL || loop == NULL || uv_loop_init(loop) != 0)
         _exit(1);
     w->index = index;
+    w->rt = rt;
     w->cfg = cfg;
+    w->events = rt->events;
+    w->crash_ctx.route = -1;
     w->loop = loop;
+    loop->data = w;
     w->stats = stats;
     w->wstats = gw_stats_worker(stats, index);
     if (getrandom(&w->reqid_prefix, sizeof(w->reqid_prefix), 0) != sizeof(w->reqid_prefix))
         w->reqid_prefix = ((uint64_t)getpid() << 32) ^ uv_hrtime();
+    w->rng = w->reqid_prefix | 1;
+    gw_crash_install(&w->wstats->crash, &w->crash_ctx);
 
     gw_router_init(&w->router, cfg);
     int r = gw_bufpool_init(&w->bufs, BUFPOOL_MAX_FREE, &w->wstats->bufpool_hits,

@@ -19,6 +19,9 @@
 
 #include "bufpool.h"
 #include "config.h"
+#include "crash.h"
+#include "events.h"
+#include "runtime.h"
 #include "outcome.h"
 #include "router.h"
 #include "stats.h"
@@ -26,7 +29,11 @@
 
 typedef struct gw_worker {
     uint32_t index;
+    const gw_runtime_t *rt;
     const gw_config_t *cfg;
+    gw_events_t *events;
+    gw_crash_context_t crash_ctx; /* what the loop is handling now, for the crash record */
+    uint64_t rng;                 /* xorshift state for fault percentages */
     uv_loop_t *loop;
     gw_stats_t *stats;
     gw_worker_stats_t *wstats;
@@ -43,6 +50,7 @@ typedef struct gw_worker {
     uint64_t reqid_prefix, reqid_seq;
     uint64_t inflight; /* proxied requests not yet disposed */
     uint64_t stop_deadline_ms;
+    uint64_t open_conns; /* client connections accepted and not yet closed */
     gw_outcome_cb on_outcome;
     void *on_outcome_ctx;
     bool stopping;
@@ -50,8 +58,10 @@ typedef struct gw_worker {
 
 /* Runs a worker until it is told to stop. `listen_fds` are the supervisor's listening sockets.
  * Returns the process exit status. */
-int gw_worker_main(const gw_config_t *cfg, gw_stats_t *stats, uint32_t index, const int *listen_fds,
-                   size_t nfds);
+int gw_worker_main(const gw_runtime_t *rt, uint32_t index, const int *listen_fds, size_t nfds);
+
+/* Emits an event from this worker (fields: a JSON object text, or NULL). */
+void gw_worker_event(gw_worker_t *w, const char *kind, const char *fields_json);
 
 /* The proxy handler (proxy.c): installs itself on `pathconf` for worker `w`. */
 void gw_proxy_register(gw_worker_t *w, h2o_pathconf_t *pathconf);

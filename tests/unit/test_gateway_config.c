@@ -115,8 +115,8 @@ static void unknown_key_in_nested_flow_mapping_is_reported(void **state)
 static void string_where_a_list_belongs_is_a_type_error(void **state)
 {
     (void)state;
-    expect_one("upstreams:\n  u: { hosts: \"127.0.0.1:9001\" }\n" RT, "t.yaml:2:15: ",
-               "'hosts' in upstream 'u' must be a list, not a quoted string");
+    expect_one("upstreams:\n  u: { hosts: \"127.0.0.1:9001\" }\n" RT,
+               "t.yaml:2:15: ", "'hosts' in upstream 'u' must be a list, not a quoted string");
 }
 
 static void quoted_integer_is_a_type_error(void **state)
@@ -128,8 +128,8 @@ static void quoted_integer_is_a_type_error(void **state)
 static void mapping_where_a_duration_belongs_is_a_type_error(void **state)
 {
     (void)state;
-    expect_one("shutdown_timeout: { a: 1 }\n" UP RT, "t.yaml:1:19: ",
-               "'shutdown_timeout' must be a duration, not a mapping");
+    expect_one("shutdown_timeout: { a: 1 }\n" UP RT,
+               "t.yaml:1:19: ", "'shutdown_timeout' must be a duration, not a mapping");
 }
 
 static void bad_duration_is_reported_at_the_value(void **state)
@@ -160,36 +160,38 @@ static void bad_rate_is_reported_at_the_value(void **state)
 static void bad_ratio_is_reported_at_the_value(void **state)
 {
     (void)state;
-    expect_one("upstreams:\n  u:\n    hosts: [\"127.0.0.1:9001\"]\n"
-               "    breaker: { failure_rate: 100.5% }\n" RT,
-               "t.yaml:4:30: ", "invalid ratio '100.5%' for 'failure_rate' in upstream 'u' breaker");
+    expect_one(
+        "upstreams:\n  u:\n    hosts: [\"127.0.0.1:9001\"]\n"
+        "    breaker: { failure_rate: 100.5% }\n" RT,
+        "t.yaml:4:30: ", "invalid ratio '100.5%' for 'failure_rate' in upstream 'u' breaker");
 }
 
 static void bad_address_is_reported_at_the_item(void **state)
 {
     (void)state;
-    expect_one("listen: [\"127.0.0.1:80\", \"localhost:80\"]\n" UP RT, "t.yaml:1:26: ",
-               "invalid address 'localhost:80' for 'listen'");
+    expect_one("listen: [\"127.0.0.1:80\", \"localhost:80\"]\n" UP RT,
+               "t.yaml:1:26: ", "invalid address 'localhost:80' for 'listen'");
 }
 
 static void duplicate_listen_address_is_rejected(void **state)
 {
     (void)state;
-    expect_one("listen: [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n" UP RT, "t.yaml:1:26: ",
-               "duplicate address '127.0.0.1:80'");
+    expect_one("listen: [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n" UP RT,
+               "t.yaml:1:26: ", "duplicate address '127.0.0.1:80'");
 }
 
 static void workers_out_of_range_is_rejected(void **state)
 {
     (void)state;
-    expect_one("workers: 257\n" UP RT, "t.yaml:1:10: ", "'workers' must be an integer from 1 to 256");
+    expect_one("workers: 257\n" UP RT,
+               "t.yaml:1:10: ", "'workers' must be an integer from 1 to 256");
 }
 
 static void boolean_must_be_true_or_false(void **state)
 {
     (void)state;
-    expect_one("debug: { fault_headers: yes }\n" UP RT, "t.yaml:1:25: ",
-               "'fault_headers' in debug must be true or false");
+    expect_one("debug: { fault_headers: yes }\n" UP RT,
+               "t.yaml:1:25: ", "'fault_headers' in debug must be true or false");
 }
 
 static void failure_status_out_of_range_is_rejected(void **state)
@@ -234,8 +236,9 @@ static void path_prefix_must_start_with_slash(void **state)
 static void host_with_port_is_rejected(void **state)
 {
     (void)state;
-    expect_one(UP "routes:\n  - { name: r, match: { path_prefix: /, host: \"a.b:80\" }, upstream: u }\n",
-               "t.yaml:4:47: ", "must not include a port");
+    expect_one(
+        UP "routes:\n  - { name: r, match: { path_prefix: /, host: \"a.b:80\" }, upstream: u }\n",
+        "t.yaml:4:47: ", "must not include a port");
 }
 
 static void bad_rate_limit_key_is_rejected(void **state)
@@ -316,8 +319,9 @@ static void duplicate_upstream_name_is_reported_at_the_second(void **state)
 static void duplicate_key_in_a_mapping_is_reported(void **state)
 {
     (void)state;
-    expect_one("upstreams:\n  u:\n    hosts: [\"127.0.0.1:9001\"]\n    timeout: 1s\n    timeout: 2s\n" RT,
-               "t.yaml:5:5: ", "duplicate key 'timeout' in upstream 'u'");
+    expect_one(
+        "upstreams:\n  u:\n    hosts: [\"127.0.0.1:9001\"]\n    timeout: 1s\n    timeout: 2s\n" RT,
+        "t.yaml:5:5: ", "duplicate key 'timeout' in upstream 'u'");
 }
 
 static void invalid_upstream_name_is_rejected(void **state)
@@ -325,8 +329,7 @@ static void invalid_upstream_name_is_rejected(void **state)
     (void)state;
     expect_one("upstreams:\n  \"a b\": { hosts: [\"127.0.0.1:9001\"] }\n"
                "  u: { hosts: [\"127.0.0.1:9001\"] }\n" RT,
-               "t.yaml:2:3: ",
-               "invalid upstream name 'a b'");
+               "t.yaml:2:3: ", "invalid upstream name 'a b'");
 }
 
 static void missing_upstreams_and_routes_are_both_reported(void **state)
@@ -350,13 +353,15 @@ static void empty_routes_list_is_rejected(void **state)
 static void route_without_name_is_rejected(void **state)
 {
     (void)state;
-    expect_one(UP "routes:\n  - { match: { path_prefix: / }, upstream: u }\n", "t.yaml:4:5: ",
-               "route #1 needs a 'name'");
+    expect_one(UP "routes:\n  - { match: { path_prefix: / }, upstream: u }\n",
+               "t.yaml:4:5: ", "route #1 needs a 'name'");
 }
 
 /* ---- alerts ---- */
 
-#define TIERS "  tiers:\n    P0: { channels: [log] }\n    P1: { channels: [log] }\n    P2: { channels: [log] }\n"
+#define TIERS                                                                                      \
+    "  tiers:\n    P0: { channels: [log] }\n    P1: { channels: [log] }\n    P2: { channels: "     \
+    "[log] }\n"
 
 static void undefined_channel_in_tier_is_reported_at_the_name(void **state)
 {
@@ -437,8 +442,8 @@ static void key_not_taken_by_the_channel_type_is_rejected(void **state)
 static void unknown_channel_type_is_rejected(void **state)
 {
     (void)state;
-    expect_one(UP RT "alerts:\n  channels:\n    log: { type: pigeon }\n" TIERS, "t.yaml:7:18: ",
-               "unknown channel type 'pigeon'");
+    expect_one(UP RT "alerts:\n  channels:\n    log: { type: pigeon }\n" TIERS,
+               "t.yaml:7:18: ", "unknown channel type 'pigeon'");
 }
 
 static void channel_url_needs_http_scheme(void **state)
@@ -459,15 +464,17 @@ static void email_needs_smtp_url(void **state)
 static void duplicate_channel_is_rejected(void **state)
 {
     (void)state;
-    expect_one(UP RT "alerts:\n  channels:\n    log: { type: console }\n    log: { type: console }\n" TIERS,
-               "t.yaml:8:5: ", "duplicate channel 'log' (first defined at 7:5)");
+    expect_one(
+        UP RT
+        "alerts:\n  channels:\n    log: { type: console }\n    log: { type: console }\n" TIERS,
+        "t.yaml:8:5: ", "duplicate channel 'log' (first defined at 7:5)");
 }
 
 static void alerts_without_tiers_is_rejected(void **state)
 {
     (void)state;
-    expect_one(UP RT "alerts:\n  channels: { log: { type: console } }\n", "t.yaml:5:1: ",
-               "'alerts' needs 'tiers'");
+    expect_one(UP RT "alerts:\n  channels: { log: { type: console } }\n",
+               "t.yaml:5:1: ", "'alerts' needs 'tiers'");
 }
 
 static void escalating_p0_is_rejected(void **state)
@@ -485,8 +492,8 @@ static void unset_env_var_is_reported_with_its_name_and_position(void **state)
 {
     (void)state;
     unsetenv("BW_TEST_UNSET_VAR");
-    expect_one("state_dir: \"/srv/${BW_TEST_UNSET_VAR}/x\"\n" UP RT, "t.yaml:1:12: ",
-               "environment variable 'BW_TEST_UNSET_VAR' is not set");
+    expect_one("state_dir: \"/srv/${BW_TEST_UNSET_VAR}/x\"\n" UP RT,
+               "t.yaml:1:12: ", "environment variable 'BW_TEST_UNSET_VAR' is not set");
 }
 
 static void env_vars_are_substituted_in_strings(void **state)
@@ -502,6 +509,23 @@ static void env_vars_are_substituted_in_strings(void **state)
                 &r);
     assert_string_equal(c->state_dir, "/a/dflt/$HOME/e");
     assert_string_equal(c->admin_token, "Bearer s3cret");
+    release(&r);
+}
+
+static void env_vars_work_in_integers_booleans_and_durations(void **state)
+{
+    result_t r;
+    gw_config_t *c;
+    (void)state;
+    setenv("BW_TEST_WORKERS", "3", 1);
+    unsetenv("BW_TEST_UNSET_VAR");
+    c = load_ok("workers: ${BW_TEST_WORKERS}\n"
+                "shutdown_timeout: ${BW_TEST_UNSET_VAR:-250ms}\n"
+                "debug: { fault_headers: \"${BW_TEST_UNSET_VAR:-true}\" }\n" UP RT,
+                &r);
+    assert_int_equal(c->workers, 3);
+    assert_int_equal(c->shutdown_timeout_ms, 250);
+    assert_true(c->debug_fault_headers);
     release(&r);
 }
 
@@ -523,15 +547,15 @@ static void unterminated_reference_is_rejected(void **state)
 static void non_loopback_admin_without_token_is_rejected(void **state)
 {
     (void)state;
-    expect_one("admin: { listen: \"0.0.0.0:9901\" }\n" UP RT, "t.yaml:1:18: ",
-               "admin API on a non-loopback address needs a token");
+    expect_one("admin: { listen: \"0.0.0.0:9901\" }\n" UP RT,
+               "t.yaml:1:18: ", "admin API on a non-loopback address needs a token");
 }
 
 static void non_loopback_admin_with_empty_token_is_rejected(void **state)
 {
     (void)state;
-    expect_one("admin:\n  listen: \"[::]:9901\"\n  token: \"\"\n" UP RT, "t.yaml:2:11: ",
-               "admin API on a non-loopback address needs a token");
+    expect_one("admin:\n  listen: \"[::]:9901\"\n  token: \"\"\n" UP RT,
+               "t.yaml:2:11: ", "admin API on a non-loopback address needs a token");
 }
 
 static void loopback_admin_needs_no_token(void **state)
@@ -552,8 +576,8 @@ static void loopback_admin_needs_no_token(void **state)
 static void yaml_syntax_error_has_a_position(void **state)
 {
     (void)state;
-    expect_one("upstreams:\n  u: { hosts: [\"127.0.0.1:9001\" }\n" RT, "t.yaml:2:33: ",
-               "YAML syntax error: did not find expected ',' or ']'");
+    expect_one("upstreams:\n  u: { hosts: [\"127.0.0.1:9001\" }\n" RT,
+               "t.yaml:2:33: ", "YAML syntax error: did not find expected ',' or ']'");
 }
 
 static void tab_indentation_is_a_syntax_error(void **state)
@@ -589,7 +613,8 @@ static void unreadable_file_is_reported_at_0_0(void **state)
     assert_int_equal(gw_config_load_file("/nonexistent/bw.yaml", &c, &d), -1);
     assert_null(c);
     assert_int_equal(d.n, 1);
-    assert_string_equal(d.items[0], "/nonexistent/bw.yaml:0:0: cannot read: No such file or directory");
+    assert_string_equal(d.items[0],
+                        "/nonexistent/bw.yaml:0:0: cannot read: No such file or directory");
     gw_diag_dispose(&d);
 }
 
@@ -1167,6 +1192,7 @@ int main(void)
         cmocka_unit_test(escalating_p0_is_rejected),
         cmocka_unit_test(unset_env_var_is_reported_with_its_name_and_position),
         cmocka_unit_test(env_vars_are_substituted_in_strings),
+        cmocka_unit_test(env_vars_work_in_integers_booleans_and_durations),
         cmocka_unit_test(env_vars_are_not_substituted_in_keys),
         cmocka_unit_test(unterminated_reference_is_rejected),
         cmocka_unit_test(non_loopback_admin_without_token_is_rejected),

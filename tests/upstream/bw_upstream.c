@@ -15,37 +15,45 @@
  * - Requests are parsed by picohttpparser (exported by libh2o; prototypes below) straight out of a
  *   per-connection input buffer. Request bodies are consumed as they arrive and only echo=1 keeps
  *   one, so uploads cost no memory.
- * - Responses are written one uv_write at a time, the next piece from the write callback, so a
- *   slow reader slows us instead of growing a queue. size= bodies come from a read-only 64 KiB
- *   pattern block owned by the loop: a 1 GB body costs time, not memory. The happy path (a small
- *   JSON answer) allocates nothing once a connection's buffers have grown to fit.
+ * - Responses are written one piece at a time, the next piece only when the last is fully in the
+ *   kernel, so a slow reader slows us instead of growing a queue. size= bodies come from a
+ *   read-only 64 KiB pattern block owned by the loop: a 1 GB body costs time, not memory. The
+ *   happy path (a small JSON answer) allocates nothing once a connection's buffers have grown to
+ *   fit, and costs three syscalls: read, writev (uv_try_write) and a share of epoll_wait.
  * - A connection answers one request at a time, in order. Pipelined requests wait in the input
- *   buffer; when it is full we stop reading until the response in flight is done.
+ *   buffer; when it is full we stop reading until the response in flight is done. conn_process
+ *   is the one loop that parses requests and finishes responses, so a deep pipeline never
+ *   recurses.
  *
- * Connection states (struct conn.state); every transition is made by the function named.
+ * Connection states (struct conn.state); the function named makes the transition.
  *
- *   ST_HEAD   --parse_head: head complete, body expected-----------------> ST_BODY
- *   ST_HEAD   --parse_head: no body / ST_BODY --read_body: body complete--> response_start:
- *                 delay= given: ST_DELAY --on_timer--> response_send
- *                 otherwise: response_send --> ST_WRITE (or RST when reset=1)
- *   ST_WRITE  --on_write: more body, body_delay= given---------------------> ST_PAUSE
- *   ST_PAUSE  --on_timer: next piece---------------------------------------> ST_WRITE
- *   ST_WRITE  --on_write: response done (response_done):
- *                 keep-alive                     -> ST_HEAD (next pipelined request, if any)
- *                 close (keepalive=0, close_after=, nolength=, HTTP/1.0, errors) -> ST_LINGER
- *                 reset_after=                   -> ST_DRAIN
- *                 stall_after=                   -> ST_STALLED
+ *   ST_HEAD  --parse_head: head complete, body expected-----------------------> ST_BODY
+ *   ST_HEAD  --parse_head: no body; ST_BODY --read_body: body complete--> response_start:
+ *                delay= given: ST_DELAY --on_timer--> response_send
+ *                otherwise:    response_send (reset=1: RST, nothing sent)
+ *   response_send, ST_PAUSE --write_next: the next piece goes out:
+ *                the socket took it all and more body is due  -> the next piece, at once
+ *                the socket took it all, body_delay= given    -> ST_PAUSE (timer: write_next)
+ *                the socket took it all, nothing more is due  -> ST_DONE
+ *                the socket took part of it                   -> ST_WRITE (on_write continues)
+ *   ST_DONE  --conn_process -> response_done:
+ *                keep-alive                                   -> ST_HEAD (next pipelined request)
+ *                close (keepalive=0, close_after=, nolength=, HTTP/1.0, our errors) -> ST_LINGER
+ *                reset_after=                                 -> ST_DRAIN
+ *                stall_after=                                 -> ST_STALLED
  *   ST_LINGER: FIN sent (uv_shutdown); input discarded; closed on peer EOF or after LINGER_MS,
  *              so unread input never turns our FIN into an RST.
  *   ST_DRAIN:  waits (1 ms polls, at most DRAIN_MS) until the kernel send queue is empty, then
  *              closes with SO_LINGER 0 (RST): reset_after=N delivers exactly N bytes first.
  *   ST_STALLED: sends nothing more; input discarded; closed on peer EOF.
  *   Any state --read error, write error, worker stop--> conn_close.
+ *   ST_DONE is transient: it never survives a return to the loop.
  *
  * Invariants
  * - At most one response write (conn.write_req) is in flight; struct response is advanced before
  *   the write is issued. The 100-continue and interim 1xx writes use their own requests and
- *   static bytes, so they never race with a buffer we reuse.
+ *   static bytes, so they never race with a buffer we reuse; uv_try_write refuses (EAGAIN) while
+ *   any uv_write is queued, so they keep their place before the response.
  * - in.data[in_off, in.len) holds received, unconsumed bytes. In ST_HEAD and ST_BODY they are
  *   consumed before returning to the loop unless incomplete; in the discarding states (LINGER,
  *   DRAIN, STALLED) they are dropped.
@@ -107,6 +115,7 @@ ssize_t phr_decode_chunked(struct phr_chunked_decoder *decoder, char *buf, size_
 #define PIECE_MAX (64 * KIB)         /* body bytes per write */
 #define CHUNK_DEFAULT 16384          /* chunked=1 chunk size unless chunk= */
 #define CHUNKS_PER_WRITE 16          /* chunked: chunks batched into one write */
+#define SYNC_PIECES 16               /* pieces written synchronously before yielding */
 #define READ_MIN (4 * KIB)           /* smallest read buffer handed to libuv */
 #define OUT_MAX (256 * KIB)          /* response head */
 #define SCRATCH_MAX (HEAD_MAX + 256) /* decoded knob values; derived from the head */
@@ -511,6 +520,7 @@ enum conn_state {
     ST_DELAY,
     ST_WRITE,
     ST_PAUSE,
+    ST_DONE,
     ST_LINGER,
     ST_DRAIN,
     ST_STALLED,
@@ -586,6 +596,7 @@ static void conn_close(struct conn *c, bool reset);
 static void conn_process(struct conn *c);
 static void response_start(struct conn *c);
 static void response_send(struct conn *c);
+static bool response_done(struct conn *c);
 static void on_timer(uv_timer_t *t);
 
 /* Logs to stderr, at most once a second per loop, counting what it drops. */
@@ -919,6 +930,15 @@ static void request_begin(struct conn *c, const struct head *h)
     rq->minor_version = h->minor_version;
     rq->is_head = str_is(h->method, h->method_len, "HEAD");
     rq->keepalive = h->minor_version >= 1;
+    const char *q = memchr(h->path, '?', h->path_len);
+    size_t path_len = q ? (size_t)(q - h->path) : h->path_len;
+    size_t qlen = q ? h->path_len - path_len - 1 : 0;
+    rq->kind = classify_path(h->path, path_len);
+    if (rq->kind == BODY_HEALTH)
+        atomic_fetch_add(&s->health_checks, 1);
+    else if (rq->kind != BODY_STATS)
+        atomic_fetch_add(&s->requests, 1);
+
     unsigned err = scan_headers(c, h, &expect, &ctype, &ctype_len);
     if (err == 413) {
         respond_error(c, 413, "request body larger than %d bytes", BODY_MAX);
@@ -930,15 +950,6 @@ static void request_begin(struct conn *c, const struct head *h)
                                  : "bad or conflicting Content-Length/Transfer-Encoding");
         return;
     }
-
-    const char *q = memchr(h->path, '?', h->path_len);
-    size_t path_len = q ? (size_t)(q - h->path) : h->path_len;
-    size_t qlen = q ? h->path_len - path_len - 1 : 0;
-    rq->kind = classify_path(h->path, path_len);
-    if (rq->kind == BODY_HEALTH)
-        atomic_fetch_add(&s->health_checks, 1);
-    else if (rq->kind != BODY_STATS)
-        atomic_fetch_add(&s->requests, 1);
 
     if (buf_reserve(&c->scratch, qlen + ctype_len) < 0) {
         respond_error(c, 500, "out of memory");
@@ -1055,7 +1066,10 @@ static int read_body(struct conn *c)
     return 1;
 }
 
-/* Runs the request state machine over buffered input until it needs more or a response runs. */
+/*
+ * Runs the connection over buffered input until it needs more, or a response is in flight: the
+ * one loop that parses requests and finishes responses (ST_DONE), so pipelining never recurses.
+ */
 static void conn_process(struct conn *c)
 {
     while (!c->closing) {
@@ -1068,6 +1082,9 @@ static void conn_process(struct conn *c)
                 break;
             if (r > 0)
                 response_start(c);
+        } else if (c->state == ST_DONE) {
+            if (!response_done(c))
+                break;
         } else {
             break;
         }
@@ -1338,18 +1355,71 @@ static size_t body_fill(struct conn *c, size_t n)
 
 static void on_write(uv_write_t *req, int status);
 
+/* A piece is fully written. Returns true when the next one should go now; otherwise the state
+ * is ST_DONE (the caller runs conn_process) or ST_PAUSE (body_delay= timer running). */
+static bool piece_written(struct conn *c)
+{
+    if (!body_pending(&c->res)) {
+        c->state = ST_DONE;
+        return false;
+    }
+    if (c->knobs.body_delay_ms) {
+        c->state = ST_PAUSE;
+        uv_timer_start(&c->timer, on_timer, c->knobs.body_delay_ms, 0);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Writes the next piece (the head with the first one). Up to SYNC_PIECES pieces go out with
+ * uv_try_write, which costs one writev: a uv_write that completes at once still costs libuv 1.44
+ * an epoll_ctl and a loop iteration. What the socket does not take goes through uv_write, whose
+ * callback continues. A response written completely here ends in ST_DONE: callers run
+ * conn_process, which keeps deep pipelines iterative instead of recursive.
+ */
 static void write_next(struct conn *c)
 {
-    size_t n = 0;
-    if (!c->res.head_sent) {
-        c->bufs[n++] = uv_buf_init(c->out.data, (unsigned)c->out.len);
-        c->res.head_sent = true;
+    for (unsigned i = 0;; i++) {
+        size_t n = 0, total = 0;
+        if (!c->res.head_sent) {
+            c->bufs[n++] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+            c->res.head_sent = true;
+        }
+        n = body_fill(c, n);
+        for (size_t j = 0; j < n; j++)
+            total += c->bufs[j].len;
+        c->state = ST_WRITE;
+        uv_buf_t *b = c->bufs;
+        if (i < SYNC_PIECES) {
+            int w = uv_try_write((uv_stream_t *)&c->tcp, b, (unsigned)n);
+            if (w == UV_EAGAIN)
+                w = 0;
+            if (w < 0) {
+                conn_close(c, false);
+                return;
+            }
+            if ((size_t)w == total) {
+                if (piece_written(c))
+                    continue;
+                return;
+            }
+            for (size_t skip = (size_t)w; skip > 0;) { /* drop what the socket took */
+                size_t k = skip < b->len ? skip : b->len;
+                b->base += k;
+                b->len -= k;
+                skip -= k;
+                if (b->len == 0) {
+                    b++;
+                    n--;
+                }
+            }
+        }
+        c->write_req.data = c;
+        if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, b, (unsigned)n, on_write) < 0)
+            conn_close(c, false);
+        return;
     }
-    n = body_fill(c, n);
-    c->state = ST_WRITE;
-    c->write_req.data = c;
-    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, c->bufs, (unsigned)n, on_write) < 0)
-        conn_close(c, false);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -1386,21 +1456,17 @@ static void drain_check(struct conn *c)
     conn_close(c, true);
 }
 
-static void request_next(struct conn *c)
-{
-    request_reset(c);
-    c->state = ST_HEAD;
-    conn_process(c);
-}
-
-static void response_done(struct conn *c)
+/* Ends a written response (ST_DONE). Returns true when the next request may be parsed. */
+static bool response_done(struct conn *c)
 {
     switch (c->res.end) {
     case END_KEEP:
-        if (c->res.close)
-            linger_start(c);
-        else
-            request_next(c);
+        if (!c->res.close) {
+            request_reset(c);
+            c->state = ST_HEAD;
+            return true;
+        }
+        linger_start(c);
         break;
     case END_CLOSE:
         linger_start(c);
@@ -1417,6 +1483,7 @@ static void response_done(struct conn *c)
             enter_discarding(c, ST_STALLED);
         break;
     }
+    return false;
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -1428,16 +1495,9 @@ static void on_write(uv_write_t *req, int status)
         conn_close(c, false);
         return;
     }
-    if (!body_pending(&c->res)) {
-        response_done(c);
-        return;
-    }
-    if (c->knobs.body_delay_ms) {
-        c->state = ST_PAUSE;
-        uv_timer_start(&c->timer, on_timer, c->knobs.body_delay_ms, 0);
-        return;
-    }
-    write_next(c);
+    if (piece_written(c))
+        write_next(c);
+    conn_process(c);
 }
 
 /* The request is complete: interim heads now, then the response after delay=. */
@@ -1479,9 +1539,11 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case ST_DELAY:
         response_send(c);
+        conn_process(c);
         break;
     case ST_PAUSE:
         write_next(c);
+        conn_process(c);
         break;
     case ST_DRAIN:
         drain_check(c);
@@ -1541,6 +1603,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
         c->in.len += (size_t)nread;
         conn_process(c);
     } else if (nread == UV_ENOBUFS) {
+        if (c->in.len - c->in_off < c->in.max) { /* not full: on_alloc could not allocate */
+            log_limited(c->w, "out of memory for input: closing a connection");
+            conn_close(c, false);
+            return;
+        }
         update_reading(c); /* input full behind a response: resume when it is done */
     } else if (nread == UV_EOF) {
         on_peer_eof(c);
