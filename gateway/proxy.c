@@ -164,13 +164,9 @@ static void add_request_id_header(h2o_req_t *req, const char *id)
                           strlen(id));
 }
 
-/* Parses a non-negative decimal header value; returns -1 when absent or malformed. */
-static int64_t header_uint(h2o_req_t *req, const char *name, size_t name_len)
+/* Parses a non-negative decimal; -1 when malformed. */
+static int64_t parse_uint(h2o_iovec_t v)
 {
-    ssize_t i = h2o_find_header_by_str(&req->headers, name, name_len, -1);
-    if (i < 0)
-        return -1;
-    h2o_iovec_t v = req->headers.entries[i].value;
     if (v.len == 0 || v.len > 12)
         return -1;
     int64_t n = 0;
@@ -180,6 +176,19 @@ static int64_t header_uint(h2o_req_t *req, const char *name, size_t name_len)
         n = n * 10 + (v.base[k] - '0');
     }
     return n;
+}
+
+/* The smallest well-formed value among all fields `name` (a deadline can only be shortened);
+ * -1 when there is none. */
+static int64_t header_min_uint(h2o_req_t *req, const char *name, size_t name_len)
+{
+    int64_t best = -1;
+    for (ssize_t i = -1; (i = h2o_find_header_by_str(&req->headers, name, name_len, i)) >= 0;) {
+        int64_t n = parse_uint(req->headers.entries[i].value);
+        if (n >= 0 && (best < 0 || n < best))
+            best = n;
+    }
+    return best;
 }
 
 static void client_ip(h2o_req_t *req, char *out, size_t cap)
@@ -339,7 +348,8 @@ static void start_response(exchange_t *ex, const gw_h1_response_t *res)
      * a GET would have had; 204 and 304 get none at all (RFC 9110 8.6) */
     if (res->body == GW_H1_BODY_LENGTH || (ex->head_request && res->has_content_length))
         req->res.content_length = res->content_length;
-    else if (res->body == GW_H1_BODY_NONE && res->status != 204 && res->status != 304)
+    else if (res->body == GW_H1_BODY_NONE && !ex->head_request && res->status != 204 &&
+             res->status != 304)
         req->res.content_length = 0;
     ex->gen.proceed = on_proceed;
     ex->gen.stop = on_stop;
@@ -517,7 +527,6 @@ static h2o_iovec_t build_request_head(exchange_t *ex)
     client_ip(req, ip, sizeof(ip));
     h2o_iovec_t path = upstream_path(req);
     ssize_t conn_idx = h2o_find_header(&req->headers, H2O_TOKEN_CONNECTION, -1);
-    ssize_t xff_idx = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-forwarded-for"), -1);
     uint64_t now = now_ms(ex);
     uint64_t left = ex->deadline_ms > now ? ex->deadline_ms - now : 1;
 
@@ -543,8 +552,10 @@ static h2o_iovec_t build_request_head(exchange_t *ex)
         p += append(p, H2O_STRLIT("\r\n"));
     }
     p += append(p, H2O_STRLIT("x-forwarded-for: "));
-    if (xff_idx >= 0) {
-        h2o_iovec_t v = req->headers.entries[xff_idx].value;
+    /* every X-Forwarded-For field the client sent, in order, then the client's address */
+    for (ssize_t i = -1;
+         (i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-forwarded-for"), i)) >= 0;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
         p += append(p, v.base, v.len);
         p += append(p, H2O_STRLIT(", "));
     }
@@ -789,7 +800,7 @@ static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_n
                            "upstream '%s' has no healthy host", up->cfg->name);
     /* the deadline: the route's timeout, shortened by the caller's own */
     *timeout = route->timeout_ms;
-    int64_t inbound = header_uint(req, H2O_STRLIT("x-request-timeout-ms"));
+    int64_t inbound = header_min_uint(req, H2O_STRLIT("x-request-timeout-ms"));
     if (inbound >= 0 && (uint64_t)inbound < *timeout)
         *timeout = (uint64_t)inbound;
     if (*timeout == 0)

@@ -10,6 +10,7 @@ Environment (set by ctest): BW_BINARY, BW_UPSTREAM, BW_SOURCE_DIR.
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("BW_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..", "..")))
 BINARY = os.environ.get("BW_BINARY", os.path.join(SOURCE_DIR, "build", "breakwater"))
 UPSTREAM = os.environ.get("BW_UPSTREAM", os.path.join(SOURCE_DIR, "build", "bw_upstream"))
+
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
 def free_port(host="127.0.0.1"):
@@ -167,6 +171,8 @@ class Gateway:
         return out
 
     def stop(self, timeout=15):
+        if self.log.closed:  # stopped already
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -175,6 +181,9 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        with open(self.log_path, errors="replace") as f:
+            self.final_log = f.read()
+        shutil.rmtree(self.dir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -204,6 +213,9 @@ def gateway():
     yield start
     for g in started:
         g.stop()
+    for g in started:
+        # the ASan/UBSan build writes its reports to the log: any of them fails the test
+        assert not any(m in g.final_log for m in SANITIZER_MARKS), g.final_log[-5000:]
 
 
 def run_breakwater(*args, env=None, cwd=None, timeout=10):
