@@ -8,6 +8,7 @@
  */
 #include "admin.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <signal.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "owner.h"
 #include "reply.h"
 
 typedef struct admin_handler {
@@ -76,7 +78,8 @@ static void handle_readyz(gw_admin_t *a, h2o_req_t *req)
 
 static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
 {
-    char *text = gw_metrics_render(a->rt);
+    gw_owner_drain(a->owner);
+    char *text = gw_metrics_render(a->rt, uv_now(a->loop));
     if (text == NULL) {
         send_error(req, 500, "internal_error", "out of memory");
         return;
@@ -90,10 +93,84 @@ static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
     h2o_send_inline(req, copy.base, copy.len);
 }
 
+static json_t *hosts_json(gw_admin_t *a, size_t u)
+{
+    const gw_upstream_config_t *uc = &a->cfg->upstreams[u];
+    const gw_upstate_t *s = gw_runtime_upstate(a->rt, u);
+    uint64_t now = uv_now(a->loop);
+    json_t *hosts = json_array();
+    for (size_t h = 0; h < uc->nhosts; h++) {
+        const gw_host_state_t *hs = &s->hosts[h];
+        const char *health = !uc->health_check.enabled ? "unchecked"
+                             : GW_STAT_GET(hs->down)   ? "down"
+                             : hs->probed              ? "up"
+                                                       : "unknown";
+        uint64_t until = GW_STAT_GET(hs->ejected_until_ms);
+        json_array_append_new(
+            hosts, json_pack("{s:s, s:s, s:b, s:I, s:i, s:b}", "address", uc->hosts[h].text,
+                             "health", health, "ejected", until > now, "ejected_for_ms",
+                             (json_int_t)(until > now ? until - now : 0), "ejections",
+                             (int)hs->ejections, "usable", gw_host_usable(s, (uint32_t)h, now)));
+    }
+    return hosts;
+}
+
+static json_t *breaker_json(gw_admin_t *a, size_t u)
+{
+    gw_upstate_t *s = gw_runtime_upstate(a->rt, u);
+    br_snapshot_t snap;
+    br_shared_read(&s->pub, &snap);
+    br_stats_t st;
+    uint64_t now = uv_now(a->loop);
+    br_breaker_stats(&s->owner, now, &st);
+    return json_pack("{s:s, s:I, s:I, s:i, s:i, s:I, s:I, s:I}", "state", br_state_name(snap.state),
+                     "generation", (json_int_t)snap.generation, "retry_after_ms",
+                     (json_int_t)(snap.open_until > now ? snap.open_until - now : 0),
+                     "trial_permits_left", (int)snap.permits, "consecutive_failures",
+                     (int)st.consecutive_failures, "window_calls", (json_int_t)st.window_calls,
+                     "window_failures", (json_int_t)st.window_failures, "window_slow",
+                     (json_int_t)st.window_slow);
+}
+
+/* POST /api/v1/upstreams/{name}/breaker {"action": "force_open"|"force_close"|"reset"} */
+static void handle_breaker_action(gw_admin_t *a, h2o_req_t *req)
+{
+    static const char prefix[] = "/api/v1/upstreams/", suffix[] = "/breaker";
+    h2o_iovec_t p = req->path_normalized;
+    size_t plen = sizeof(prefix) - 1, slen = sizeof(suffix) - 1;
+    h2o_iovec_t name = h2o_iovec_init(p.base + plen, p.len - plen - slen);
+    size_t u = 0;
+    while (u < a->cfg->nupstreams && !h2o_memis(name.base, name.len, a->cfg->upstreams[u].name,
+                                                strlen(a->cfg->upstreams[u].name)))
+        u++;
+    if (u == a->cfg->nupstreams) {
+        send_error(req, 404, "unknown_upstream", "no upstream by that name");
+        return;
+    }
+    json_error_t jerr;
+    json_t *body =
+        json_loadb(req->entity.base != NULL ? req->entity.base : "", req->entity.len, 0, &jerr);
+    const char *action = json_string_value(json_object_get(body, "action"));
+    int r = action != NULL ? gw_owner_force(a->owner, u, action) : -EINVAL;
+    json_decref(body);
+    if (r == -EINVAL) {
+        send_error(req, 400, "bad_request",
+                   "body must be {\"action\": \"force_open\"|\"force_close\"|\"reset\"}");
+        return;
+    }
+    if (r == -EAGAIN) {
+        send_error(req, 409, "reload_in_progress", "breakers are changing owner; retry");
+        return;
+    }
+    send_json(req, 200,
+              json_pack("{s:s, s:o}", "upstream", a->cfg->upstreams[u].name, "breaker",
+                        breaker_json(a, u)));
+}
+
 static json_t *upstream_json(gw_admin_t *a, size_t u)
 {
     const gw_upstream_config_t *uc = &a->cfg->upstreams[u];
-    uint64_t requests = 0, opened = 0, reused = 0, failed = 0, rejected = 0;
+    uint64_t requests = 0, opened = 0, reused = 0, failed = 0, rejected = 0, brejected = 0;
     uint64_t outcomes[GW_OUTCOME_KIND_COUNT] = {0};
     int64_t inflight = 0, active = 0, idle = 0;
     for (uint32_t w = 0; w < gw_stats_nworkers(a->stats); w++) {
@@ -103,17 +180,14 @@ static json_t *upstream_json(gw_admin_t *a, size_t u)
         reused += GW_STAT_GET(us->conn_reused);
         failed += GW_STAT_GET(us->conn_failed);
         rejected += GW_STAT_GET(us->bulkhead_rejected);
+        brejected += GW_STAT_GET(us->breaker_rejected);
         inflight += GW_STAT_GET(us->inflight);
         active += GW_STAT_GET(us->conn_active);
         idle += GW_STAT_GET(us->conn_idle);
         for (int k = 0; k < GW_OUTCOME_KIND_COUNT; k++)
             outcomes[k] += GW_STAT_GET(us->outcomes[k]);
     }
-    json_t *hosts = json_array();
-    for (size_t h = 0; h < uc->nhosts; h++)
-        json_array_append_new(
-            hosts, json_pack("{s:s, s:s, s:b}", "address", uc->hosts[h].text, "health",
-                             uc->health_check.enabled ? "unknown" : "unchecked", "ejected", 0));
+    json_t *hosts = hosts_json(a, u);
     json_t *out = json_object();
     for (int k = 0; k < GW_OUTCOME_KIND_COUNT; k++)
         json_object_set_new(out, gw_outcome_kind_name((gw_outcome_kind_t)k),
@@ -124,8 +198,10 @@ static json_t *upstream_json(gw_admin_t *a, size_t u)
                   "connections_reused", (json_int_t)reused, "connect_failures", (json_int_t)failed,
                   "bulkhead_rejected", (json_int_t)rejected, "connections_active",
                   (json_int_t)active, "connections_idle", (json_int_t)idle, "outcomes", out);
-    return json_pack("{s:s, s:o, s:I, s:I, s:I, s:o}", "name", uc->name, "hosts", hosts,
-                     "max_concurrent", (json_int_t)uc->max_concurrent, "connect_timeout_ms",
+    json_object_set_new(counters, "breaker_rejected", json_integer((json_int_t)brejected));
+    return json_pack("{s:s, s:o, s:o, s:I, s:I, s:I, s:o}", "name", uc->name, "hosts", hosts,
+                     "breaker", breaker_json(a, u), "max_concurrent",
+                     (json_int_t)uc->max_concurrent, "connect_timeout_ms",
                      (json_int_t)uc->connect_timeout_ms, "timeout_ms", (json_int_t)uc->timeout_ms,
                      "counters", counters);
 }
@@ -311,6 +387,9 @@ static void handle_reload(gw_admin_t *a, h2o_req_t *req)
     kill(getppid(), SIGHUP);
 }
 
+static int has_prefix(h2o_req_t *req, const char *p);
+static int has_suffix(h2o_req_t *req, const char *s);
+
 static int path_is(h2o_req_t *req, const char *p)
 {
     return h2o_memis(req->path_normalized.base, req->path_normalized.len, p, strlen(p));
@@ -320,6 +399,12 @@ static int has_prefix(h2o_req_t *req, const char *p)
 {
     size_t n = strlen(p);
     return req->path_normalized.len >= n && memcmp(req->path_normalized.base, p, n) == 0;
+}
+
+static int has_suffix(h2o_req_t *req, const char *s)
+{
+    size_t n = strlen(s), len = req->path_normalized.len;
+    return len >= n && memcmp(req->path_normalized.base + len - n, s, n) == 0;
 }
 
 static void on_admin_req_dispose(void *p)
@@ -356,12 +441,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         handle_events(a, req);
     else if (post && path_is(req, "/api/v1/reload"))
         handle_reload(a, req);
+    else if (post && has_prefix(req, "/api/v1/upstreams/") && has_suffix(req, "/breaker"))
+        handle_breaker_action(a, req);
     else if (path_is(req, "/readyz") || path_is(req, "/metrics") ||
              path_is(req, "/api/v1/upstreams") || path_is(req, "/api/v1/events"))
         send_error(req, 405, "method_not_allowed", "this endpoint takes GET");
     else if (path_is(req, "/api/v1/reload"))
         send_error(req, 405, "method_not_allowed", "this endpoint takes POST");
-    else if (has_prefix(req, "/api/v1/"))
+    else if (has_prefix(req, "/api/v1/alerts") || has_prefix(req, "/api/v1/silences"))
         send_error(req, 501, "not_implemented", "this admin endpoint is not implemented yet");
     else
         send_error(req, 404, "not_found", "no such admin endpoint");

@@ -24,6 +24,7 @@ typedef struct gw_admin {
     al_db_t *db;             /* NULL when the database could not be opened */
     al_eventlog_t *eventlog; /* NULL likewise */
     uint64_t inflight;       /* admin requests not yet disposed (graceful stop waits for 0) */
+    struct gw_owner *owner;  /* the breaker owner in this process */
 } gw_admin_t;
 
 /* Installs the admin handler on `pathconf`. */
@@ -31,6 +32,6 @@ void gw_admin_register(gw_admin_t *a, h2o_pathconf_t *pathconf);
 
 /* Renders the Prometheus text exposition of every metric into a malloc'd NUL-terminated string
  * (metrics.c). Returns NULL when out of memory. */
-char *gw_metrics_render(const gw_runtime_t *rt);
+char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "admin.h"
 #include "log.h"
+#include "owner.h"
 
 #define DRAIN_INTERVAL_MS 100
 #define DRAIN_BATCH 256
@@ -94,6 +95,7 @@ static void on_drain(uv_timer_t *t)
 
 static void exit_control(control_t *c)
 {
+    gw_owner_drain(c->admin.owner);
     drain_events(c);
     al_eventlog_close(c->admin.eventlog);
     al_db_close(c->admin.db);
@@ -188,6 +190,11 @@ int gw_control_main(const gw_runtime_t *rt, int admin_fd)
     c->sig_term.data = c->sig_int.data = c;
     uv_signal_start(&c->sig_term, on_signal, SIGTERM);
     uv_signal_start(&c->sig_int, on_signal, SIGINT);
+    c->admin.owner = gw_owner_new(&c->loop, rt);
+    if (c->admin.owner == NULL) {
+        gw_log(GW_LOG_ERROR, "cannot start the breaker owner", NULL);
+        return 1;
+    }
     uv_timer_init(&c->loop, &c->db_retry);
     c->db_retry.data = c;
     uv_timer_start(&c->db_retry, on_db_retry, 0, 0);

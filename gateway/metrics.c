@@ -146,6 +146,8 @@ static void render_upstreams(FILE *f, const gw_config_t *cfg, gw_stats_t *st)
           "Requests re-sent once after a pooled connection proved stale.", retries, false);
     FIELD("breakwater_upstream_bulkhead_rejected_total", "counter",
           "Requests refused because max_concurrent was reached.", bulkhead_rejected, false);
+    FIELD("breakwater_breaker_rejected_total", "counter",
+          "Requests refused with circuit_open, never sent upstream.", breaker_rejected, false);
     FIELD("breakwater_upstream_inflight", "gauge", "Requests in flight to the upstream.", inflight,
           true);
     FIELD("breakwater_upstream_connections_active", "gauge",
@@ -166,6 +168,52 @@ static void render_upstreams(FILE *f, const gw_config_t *cfg, gw_stats_t *st)
                     (unsigned long long)sum);
         }
     }
+}
+
+static void render_breakers(FILE *f, const gw_runtime_t *rt, uint64_t now)
+{
+    const gw_config_t *cfg = rt->cfg;
+    header(f, "breakwater_breaker_state", "gauge",
+           "1 for the state each upstream's circuit breaker is in, 0 for the others.");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        br_snapshot_t snap;
+        br_shared_read(&gw_runtime_upstate(rt, u)->pub, &snap);
+        for (int s = 0; s < BR_STATE_COUNT; s++) {
+            fputs("breakwater_breaker_state{upstream=\"", f);
+            put_label(f, cfg->upstreams[u].name);
+            fprintf(f, "\",state=\"%s\"} %d\n", br_state_name((br_state_t)s), (int)snap.state == s);
+        }
+    }
+    header(f, "breakwater_breaker_transitions_total", "counter",
+           "Circuit breaker state changes, by upstream and from/to state.");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        gw_upstate_t *st = gw_runtime_upstate(rt, u);
+        for (int a = 0; a < BR_STATE_COUNT; a++)
+            for (int b = 0; b < BR_STATE_COUNT; b++) {
+                uint64_t n = __atomic_load_n(&st->transitions[a][b], __ATOMIC_RELAXED);
+                if (n == 0)
+                    continue;
+                fputs("breakwater_breaker_transitions_total{upstream=\"", f);
+                put_label(f, cfg->upstreams[u].name);
+                fprintf(f, "\",from=\"%s\",to=\"%s\"} %llu\n", br_state_name((br_state_t)a),
+                        br_state_name((br_state_t)b), (unsigned long long)n);
+            }
+    }
+    header(f, "breakwater_host_usable", "gauge",
+           "1 when the host takes traffic (not marked down by health checks, not ejected).");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        gw_upstate_t *st = gw_runtime_upstate(rt, u);
+        for (size_t h = 0; h < cfg->upstreams[u].nhosts; h++) {
+            fputs("breakwater_host_usable{upstream=\"", f);
+            put_label(f, cfg->upstreams[u].name);
+            fprintf(f, "\",host=\"%s\"} %d\n", cfg->upstreams[u].hosts[h].text,
+                    gw_host_usable(st, (uint32_t)h, now));
+        }
+    }
+    header(f, "breakwater_outcomes_dropped_total", "counter",
+           "Outcome records lost because a worker's ring to the breaker owner was full.");
+    fprintf(f, "breakwater_outcomes_dropped_total %llu\n",
+            (unsigned long long)gw_outq_dropped(rt->outq));
 }
 
 static void render_supervision(FILE *f, const gw_runtime_t *rt)
@@ -216,7 +264,7 @@ static void render_workers(FILE *f, gw_stats_t *st)
     fprintf(f, "breakwater_build_info{version=\"%s\"} 1\n", BW_VERSION);
 }
 
-char *gw_metrics_render(const gw_runtime_t *rt)
+char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms)
 {
     const gw_config_t *cfg = rt->cfg;
     gw_stats_t *st = rt->stats;
@@ -230,6 +278,7 @@ char *gw_metrics_render(const gw_runtime_t *rt)
     render_upstreams(f, cfg, st);
     render_workers(f, st);
     render_supervision(f, rt);
+    render_breakers(f, rt, now_ms);
     if (fclose(f) != 0) {
         free(out);
         return NULL;

@@ -43,7 +43,4 @@ typedef struct gw_outcome {
 /* The stable lower-case name used in metrics and logs ("connect_refused"). */
 const char *gw_outcome_kind_name(gw_outcome_kind_t kind);
 
-/* A sink for outcome records; the worker installs one (metrics now, the breaker channel later). */
-typedef void (*gw_outcome_cb)(void *ctx, const gw_outcome_t *o);
-
 #endif

@@ -86,6 +86,7 @@ typedef struct exchange {
     size_t buf_len;
     size_t head_prev_len;
     gw_h1_body_t body;
+    br_ticket_t ticket; /* the breaker's admission, echoed in the outcome record */
     char request_id[GW_REQUEST_ID_MAX + 1];
 } exchange_t;
 
@@ -211,6 +212,27 @@ static void on_timer_close(uv_handle_t *h)
     unref(h->data);
 }
 
+/* Hands the outcome to the breaker owner. Failures and trials wake it at once (a breaker must
+ * open on the failure that trips it, not at the next poll); successes ride the next poll. */
+static void push_outcome(const exchange_t *ex, const gw_outcome_t *o)
+{
+    const gw_upstream_config_t *uc = ex->up->cfg;
+    bool failed = o->kind != GW_OUTCOME_RESPONSE && o->kind != GW_OUTCOME_CANCELLED;
+    if (o->kind == GW_OUTCOME_RESPONSE)
+        failed = br_classify_status(o->status, uc->failure_statuses, uc->nfailure_statuses) ==
+                 BR_OUTCOME_FAILURE;
+    gw_outq_rec_t rec = {
+        .generation = ex->ticket.generation,
+        .latency_us = o->latency_us,
+        .upstream = o->upstream,
+        .host = (uint16_t)o->host,
+        .status = o->status,
+        .kind = (uint8_t)o->kind,
+        .trial = ex->ticket.trial,
+    };
+    gw_outq_push(ex->w->rt->outq, ex->w->index, &rec, failed || ex->ticket.trial);
+}
+
 /*
  * Ends the upstream side exactly once: emits the outcome, stops the timer, and gives the
  * connection back (reusable) or closes it. Does not touch the client side.
@@ -220,7 +242,6 @@ static void finish(exchange_t *ex, gw_outcome_kind_t kind, bool conn_reusable)
     if (ex->state == EX_DONE)
         return;
     ex->state = EX_DONE;
-    gw_worker_t *w = ex->w;
 
     gw_outcome_t o = {
         .route = ex->route_idx,
@@ -233,8 +254,7 @@ static void finish(exchange_t *ex, gw_outcome_kind_t kind, bool conn_reusable)
     };
     GW_STAT_ADD(ex->up->stats->outcomes[kind], 1);
     GW_STAT_ADD(ex->up->stats->inflight, -1);
-    if (w->on_outcome != NULL)
-        w->on_outcome(w->on_outcome_ctx, &o);
+    push_outcome(ex, &o);
 
     uv_close((uv_handle_t *)&ex->timer, on_timer_close);
     if (ex->conn != NULL) {
@@ -773,9 +793,82 @@ static int apply_fault_header(gw_worker_t *w, h2o_req_t *req, uint32_t route, ui
                        "X-Breakwater-Fault must be crash, stall=MS or abort=STATUS");
 }
 
+/* 503 circuit_open: the breaker is open; Retry-After is the time left in the open period. */
+static int reply_circuit_open(gw_worker_t *w, h2o_req_t *req, uint32_t route, uint64_t start_ns,
+                              const char *request_id, gw_upstream_t *up, uint64_t retry_after_ms)
+{
+    uint64_t secs = (retry_after_ms + 999) / 1000;
+    if (secs < 1)
+        secs = 1;
+    char extra[200], upstream[150];
+    gw_json_escape(upstream, sizeof(upstream), up->cfg->name, strlen(up->cfg->name));
+    snprintf(extra, sizeof(extra), ",\"upstream\":\"%s\",\"retry_after_s\":%llu", upstream,
+             (unsigned long long)secs);
+    char *ra = h2o_mem_alloc_pool(&req->pool, 24);
+    size_t ralen = (size_t)snprintf(ra, 24, "%llu", (unsigned long long)secs);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, ra, ralen);
+    add_request_id_header(req, request_id);
+    GW_STAT_ADD(up->stats->breaker_rejected, 1);
+    gw_reply_error(req, 503, "circuit_open", "breaker", request_id, extra,
+                   "upstream '%s' is failing; its circuit breaker is open", up->cfg->name);
+    count_local_reply(w, route, 503, start_ns);
+    return 1;
+}
+
+/* A trial permit was taken but the request will not reach the upstream: give it back. */
+static void return_trial(gw_worker_t *w, gw_upstream_t *up, const br_ticket_t *t)
+{
+    if (!t->trial)
+        return;
+    gw_outq_rec_t rec = {.generation = t->generation,
+                         .upstream = up->index,
+                         .kind = GW_OUTCOME_CANCELLED,
+                         .trial = 1};
+    gw_outq_push(w->rt->outq, w->index, &rec, true);
+}
+
+/* Breaker, bulkhead, host, deadline. Returns 1 when the request was answered. */
+static int admit_upstream(gw_worker_t *w, h2o_req_t *req, uint32_t r, uint64_t start_ns,
+                          const char *request_id, gw_host_t **host, uint64_t *timeout,
+                          br_ticket_t *ticket)
+{
+    const gw_route_config_t *route = &w->cfg->routes[r];
+    gw_upstream_t *up = &w->upstreams.ups[route->upstream_index];
+    gw_upstate_t *st = gw_runtime_upstate(w->rt, up->index);
+    uint64_t now = uv_now(w->loop);
+    if (br_admit(&st->pub, now, ticket) == BR_REJECT)
+        return reply_circuit_open(w, req, r, start_ns, request_id, up, ticket->retry_after_ms);
+    if (bulkhead_inflight(w, up->index) >= (int64_t)up->cfg->max_concurrent) {
+        GW_STAT_ADD(up->stats->bulkhead_rejected, 1);
+        return_trial(w, up, ticket);
+        return reply_local(w, req, r, start_ns, request_id, 503, "upstream_overloaded", "bulkhead",
+                           "upstream '%s' is at its limit of %u concurrent requests", up->cfg->name,
+                           up->cfg->max_concurrent);
+    }
+    bool all_ejected = false;
+    if ((*host = gw_upstream_pick(up, st, now, &all_ejected)) == NULL) {
+        return_trial(w, up, ticket);
+        return reply_local(w, req, r, start_ns, request_id, 503, "no_healthy_upstream",
+                           all_ejected ? "outlier" : "no_host",
+                           "upstream '%s' has no healthy host%s", up->cfg->name,
+                           all_ejected ? " (all ejected after repeated failures)" : "");
+    }
+    /* the deadline: the route's timeout, shortened by the caller's own */
+    *timeout = route->timeout_ms;
+    int64_t inbound = header_min_uint(req, H2O_STRLIT("x-request-timeout-ms"));
+    if (inbound >= 0 && (uint64_t)inbound < *timeout)
+        *timeout = (uint64_t)inbound;
+    if (*timeout == 0) {
+        return_trial(w, up, ticket);
+        return reply_local(w, req, r, start_ns, request_id, 504, "upstream_timeout", "timeout",
+                           "the request's deadline had already passed");
+    }
+    return 0;
+}
+
 /* Checks that do not need an exchange. Returns 1 when the request was answered. */
 static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_ns,
-                 const char *request_id, gw_host_t **host, uint64_t *timeout)
+                 const char *request_id, gw_host_t **host, uint64_t *timeout, br_ticket_t *ticket)
 {
     uint32_t r = route_idx < 0 ? (uint32_t)w->cfg->nroutes : (uint32_t)route_idx;
     if (w->cfg->debug_fault_headers && apply_fault_header(w, req, r, start_ns, request_id))
@@ -785,28 +878,10 @@ static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_n
                            "no route matches %.*s %.*s", (int)req->method.len, req->method.base,
                            (int)(req->path.len > 200 ? 200 : req->path.len), req->path.base);
     const gw_route_config_t *route = &w->cfg->routes[route_idx];
-    gw_upstream_t *up = &w->upstreams.ups[route->upstream_index];
     if (route->fault.abort_status != 0 && roll_ppm(w) < route->fault.abort_ppm)
         return reply_local(w, req, r, start_ns, request_id, route->fault.abort_status,
                            "fault_injected", NULL, "fault injected by route '%s'", route->name);
-    if (bulkhead_inflight(w, up->index) >= (int64_t)up->cfg->max_concurrent) {
-        GW_STAT_ADD(up->stats->bulkhead_rejected, 1);
-        return reply_local(w, req, r, start_ns, request_id, 503, "upstream_overloaded", "bulkhead",
-                           "upstream '%s' is at its limit of %u concurrent requests", up->cfg->name,
-                           up->cfg->max_concurrent);
-    }
-    if ((*host = gw_upstream_pick(up)) == NULL)
-        return reply_local(w, req, r, start_ns, request_id, 503, "no_healthy_upstream", "no_host",
-                           "upstream '%s' has no healthy host", up->cfg->name);
-    /* the deadline: the route's timeout, shortened by the caller's own */
-    *timeout = route->timeout_ms;
-    int64_t inbound = header_min_uint(req, H2O_STRLIT("x-request-timeout-ms"));
-    if (inbound >= 0 && (uint64_t)inbound < *timeout)
-        *timeout = (uint64_t)inbound;
-    if (*timeout == 0)
-        return reply_local(w, req, r, start_ns, request_id, 504, "upstream_timeout", "timeout",
-                           "the request's deadline had already passed");
-    return 0;
+    return admit_upstream(w, req, r, start_ns, request_id, host, timeout, ticket);
 }
 
 /* A guarded handler's own failure: 500 internal_error, a handler_fault event, and the worker
@@ -851,13 +926,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                                     req->path_normalized.base, req->path_normalized.len);
     guard(w, route_idx, request_id);
     gw_host_t *host = NULL;
-    if (admit(w, req, route_idx, start_ns, request_id, &host, &timeout)) {
+    br_ticket_t ticket = {0};
+    if (admit(w, req, route_idx, start_ns, request_id, &host, &timeout, &ticket)) {
         unguard(w);
         return 0;
     }
     const gw_route_config_t *route = &w->cfg->routes[route_idx];
     exchange_t *ex = exchange_new(w, req);
     if (ex == NULL) {
+        return_trial(w, host->up, &ticket);
         handler_fault(w, req, (uint32_t)route_idx, start_ns, request_id, "out of memory");
         unguard(w);
         return 0;
@@ -869,6 +946,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     ex->route = route;
     ex->up = host->up;
     ex->host = host;
+    ex->ticket = ticket;
     ex->head_request = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
     ex->start_ns = start_ns;
     ex->timeout_ms = timeout;

@@ -11,14 +11,26 @@
 
 #include "config.h"
 #include "events.h"
+#include "outq.h"
 #include "stats.h"
+#include "upstate.h"
 
 typedef struct gw_runtime {
+    uint64_t generation; /* config generation: 1 at start, +1 per reload */
     const gw_config_t *cfg;
     const char *config_path; /* NULL: the embedded default */
-    gw_stats_t *stats;
-    gw_events_t *events;
-    gw_shared_t *shared;
+    gw_stats_t *stats;       /* this generation's counters */
+    gw_outq_t *outq;         /* this generation's outcome rings */
+    const uint32_t *slot_of; /* cfg->upstreams[i] -> its slot in `upstates` */
+    gw_upstates_t *upstates; /* for the life of the supervisor */
+    gw_events_t *events;     /* for the life of the supervisor */
+    gw_shared_t *shared;     /* for the life of the supervisor */
 } gw_runtime_t;
+
+/* The shared state of cfg->upstreams[i]. */
+static inline gw_upstate_t *gw_runtime_upstate(const gw_runtime_t *rt, size_t i)
+{
+    return gw_upstates_slot(rt->upstates, rt->slot_of[i]);
+}
 
 #endif

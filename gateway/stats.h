@@ -49,6 +49,7 @@ typedef struct gw_upstream_stats {
     uint64_t conn_reused;       /* requests sent on a pooled connection */
     uint64_t conn_failed;       /* connect attempts that failed or timed out */
     uint64_t bulkhead_rejected; /* refused by max_concurrent */
+    uint64_t breaker_rejected;  /* refused by an open breaker (circuit_open) */
     uint64_t retries;           /* re-sent after a pooled connection turned out stale */
     uint64_t outcomes[GW_OUTCOME_KIND_COUNT];
     /* gauges: zeroed by the supervisor when the worker is replaced */

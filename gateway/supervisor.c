@@ -89,6 +89,7 @@ typedef struct supervisor {
     generation_t *cur, *old; /* old: the generation being drained after a reload */
     gw_events_t *events;
     gw_shared_t *shared;
+    gw_upstates_t *upstates;
     bound_fd_t bound[MAX_LISTENERS];
     size_t nbound;
     int admin_fd;
@@ -204,6 +205,8 @@ static void generation_free(generation_t *g)
     if (g == NULL)
         return;
     gw_stats_free(g->rt.stats);
+    gw_outq_free(g->rt.outq);
+    free((void *)g->rt.slot_of);
     gw_config_free(g->cfg);
     free(g);
 }
@@ -222,12 +225,30 @@ static generation_t *generation_new(supervisor_t *s, gw_config_t *cfg, uint64_t 
         }
         g->nlisten++;
     }
+    uint32_t *slot_of = calloc(cfg->nupstreams, sizeof(uint32_t));
     g->rt.stats = gw_stats_new(cfg, cfg->workers);
-    if (g->rt.stats == NULL) {
+    g->rt.outq = gw_outq_new(cfg->workers);
+    if (slot_of == NULL || g->rt.stats == NULL || g->rt.outq == NULL) {
         gw_log(GW_LOG_ERROR, "cannot map shared memory", "{s:s}", "error", strerror(errno));
-        free(g);
+        free(slot_of);
+        g->cfg = NULL; /* still the caller's */
+        generation_free(g);
         return NULL;
     }
+    uint64_t oldest_live = s->cur != NULL ? s->cur->id : id;
+    int r = gw_upstates_bind(s->upstates, cfg, id, oldest_live, mono_ms(), slot_of);
+    if (r != 0) {
+        gw_log(GW_LOG_ERROR, "cannot keep state for the upstreams", "{s:s}", "error",
+               r == -E2BIG ? "an upstream has more hosts than the maximum (64)"
+                           : "too many upstreams over this process's life (maximum 256)");
+        free(slot_of);
+        g->cfg = NULL; /* still the caller's */
+        generation_free(g);
+        return NULL;
+    }
+    g->rt.slot_of = slot_of;
+    g->rt.upstates = s->upstates;
+    g->rt.generation = id;
     g->rt.cfg = cfg;
     g->rt.config_path = s->config_path;
     g->rt.events = s->events;
@@ -601,6 +622,12 @@ static void begin_stop(supervisor_t *s, int signo)
     gw_log(GW_LOG_INFO, "stopping", "{s:s, s:I}", "signal", strsignal(signo), "shutdown_timeout_ms",
            (json_int_t)s->cur->cfg->shutdown_timeout_ms);
     retire(s, NULL);
+    /* The workers close their copies of the listening sockets; ours must go too, or the kernel
+     * would keep accepting connections that nobody will ever serve (clients should be refused
+     * and retry elsewhere). */
+    for (size_t i = 0; i < s->nbound; i++)
+        close(s->bound[i].fd);
+    s->nbound = 0;
 }
 
 static void handle_signals(supervisor_t *s)
@@ -694,7 +721,8 @@ static int setup(supervisor_t *s, gw_config_t *cfg)
         return -1;
     s->events = gw_events_new();
     s->shared = gw_shared_new();
-    if (s->events == NULL || s->shared == NULL)
+    s->upstates = gw_upstates_new();
+    if (s->events == NULL || s->shared == NULL || s->upstates == NULL)
         return -1;
     s->cur = generation_new(s, cfg, 1);
     if (s->cur == NULL)
@@ -725,6 +753,7 @@ static void teardown(supervisor_t *s)
     generation_free(s->old);
     gw_events_free(s->events);
     gw_shared_free(s->shared);
+    gw_upstates_free(s->upstates);
 }
 
 int gw_supervisor_run(gw_config_t *cfg, const char *config_path)

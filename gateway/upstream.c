@@ -137,13 +137,22 @@ void gw_upstreams_close(gw_upstreams_t *u)
         uv_close((uv_handle_t *)&u->sweep, NULL);
 }
 
-gw_host_t *gw_upstream_pick(gw_upstream_t *up)
+gw_host_t *gw_upstream_pick(gw_upstream_t *up, const gw_upstate_t *state, uint64_t now_ms,
+                            bool *all_ejected)
 {
-    if (up->nhosts == 0)
-        return NULL;
-    gw_host_t *h = &up->hosts[up->rr % up->nhosts];
-    up->rr++;
-    return h;
+    *all_ejected = false;
+    for (size_t tries = 0; tries < up->nhosts; tries++) {
+        gw_host_t *h = &up->hosts[up->rr++ % up->nhosts];
+        if (state == NULL || gw_host_usable(state, h->index, now_ms))
+            return h;
+    }
+    if (state != NULL) {
+        bool any_down = false;
+        for (size_t i = 0; i < up->nhosts; i++)
+            any_down |= __atomic_load_n(&state->hosts[i].down, __ATOMIC_RELAXED) != 0;
+        *all_ejected = !any_down;
+    }
+    return NULL;
 }
 
 static void on_connect(uv_connect_t *req, int status)

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "stats.h"
+#include "upstate.h"
 
 #define GW_POOL_MAX_IDLE 128
 #define GW_POOL_IDLE_TIMEOUT_MS 10000
@@ -87,9 +88,11 @@ int gw_upstreams_init(gw_upstreams_t *u, uv_loop_t *loop, const gw_config_t *cfg
  * exchanges, which close them when they finish. */
 void gw_upstreams_close(gw_upstreams_t *u);
 
-/* Picks the next host by round robin. (Health and ejection filtering arrive with the breaker.)
- * Returns NULL when the upstream has no usable host. */
-gw_host_t *gw_upstream_pick(gw_upstream_t *up);
+/* Picks the next usable host by round robin, skipping hosts that health checks marked down or
+ * that are ejected (state: the upstream's shared state, NULL to skip no host). Returns NULL when
+ * no host is usable; *all_ejected then says whether ejection (not health) is the reason. */
+gw_host_t *gw_upstream_pick(gw_upstream_t *up, const gw_upstate_t *state, uint64_t now_ms,
+                            bool *all_ejected);
 
 /*
  * Gets a connection to `host` for `owner`. When an idle one exists it is returned ready

@@ -51,8 +51,6 @@ typedef struct gw_worker {
     uint64_t inflight; /* proxied requests not yet disposed */
     uint64_t stop_deadline_ms;
     uint64_t open_conns; /* client connections accepted and not yet closed */
-    gw_outcome_cb on_outcome;
-    void *on_outcome_ctx;
     bool stopping;
 } gw_worker_t;
 

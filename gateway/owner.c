@@ -1,0 +1,308 @@
+/*
+ * owner.c - breaker and outlier owner in the control process. See owner.h.
+ *
+ * Loop: an eventfd poll wakes us for urgent records (failures, trials); a 10 ms timer drains the
+ * rest, ticks the breakers whose deadline passed, publishes every breaker (publishing also
+ * collects the trial permits workers claimed), ends ejections that ran out, and watches for
+ * upstreams left without a usable host.
+ */
+#include "owner.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "outcome.h"
+
+#define EJECTION_GROWTH_CAP 10
+
+struct gw_owner {
+    uv_loop_t *loop;
+    const gw_runtime_t *rt;
+    uv_poll_t poll;
+    uv_timer_t tick;
+    bool *touched; /* per upstream: publish after this batch */
+    uint64_t dropped;
+    int open_handles;
+};
+
+static uint64_t now_ms(const gw_owner_t *o)
+{
+    return uv_now(o->loop);
+}
+
+bool gw_owner_active(const gw_owner_t *o)
+{
+    return o != NULL && GW_STAT_GET(o->rt->shared->config_generation) == o->rt->generation;
+}
+
+uint64_t gw_owner_dropped(const gw_owner_t *o)
+{
+    return o->dropped;
+}
+
+static void emit(gw_owner_t *o, const char *kind, json_t *fields)
+{
+    char *text = json_dumps(fields, JSON_COMPACT);
+    gw_events_emit(o->rt->events, kind, -1, text);
+    free(text);
+    json_decref(fields);
+}
+
+static void on_transitions(gw_owner_t *o, size_t u, const br_transitions_t *tr)
+{
+    gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+    const char *name = o->rt->cfg->upstreams[u].name;
+    for (unsigned i = 0; i < tr->n; i++) {
+        const br_transition_t *t = &tr->t[i];
+        __atomic_fetch_add(&s->transitions[t->from][t->to], 1, __ATOMIC_RELAXED);
+        char kind[GW_EVENT_KIND_MAX];
+        snprintf(kind, sizeof(kind), "breaker_%s", br_state_name(t->to));
+        gw_log(t->to == BR_STATE_OPEN ? GW_LOG_WARN : GW_LOG_INFO, "breaker transition",
+               "{s:s, s:s, s:s, s:s, s:I}", "upstream", name, "from", br_state_name(t->from), "to",
+               br_state_name(t->to), "reason", br_reason_name(t->reason), "open_ms",
+               (json_int_t)t->open_ms);
+        emit(o, kind,
+             json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "upstream", name, "from",
+                       br_state_name(t->from), "to", br_state_name(t->to), "reason",
+                       br_reason_name(t->reason), "open_ms", (json_int_t)t->open_ms,
+                       "breaker_generation", (json_int_t)t->generation));
+    }
+}
+
+/* ---- outlier ejection -------------------------------------------------------------------- */
+
+static uint32_t ejected_now(const gw_upstate_t *s, uint64_t now)
+{
+    uint32_t n = 0;
+    for (uint32_t h = 0; h < s->nhosts; h++)
+        n += s->hosts[h].ejected_until_ms > now;
+    return n;
+}
+
+static void outlier(gw_owner_t *o, size_t u, uint32_t host, br_outcome_kind_t kind)
+{
+    const gw_outlier_config_t *oc = &o->rt->cfg->upstreams[u].outlier;
+    gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+    if (host >= s->nhosts || kind == BR_OUTCOME_NEUTRAL || oc->consecutive_failures == 0)
+        return;
+    gw_host_state_t *hs = &s->hosts[host];
+    if (kind == BR_OUTCOME_SUCCESS) {
+        hs->consecutive_failures = 0;
+        return;
+    }
+    uint64_t now = now_ms(o);
+    if (++hs->consecutive_failures < oc->consecutive_failures || hs->ejected_until_ms > now)
+        return;
+    /* never more than max_ejected of the hosts (but at least one may go, as in Envoy) */
+    uint64_t max = (uint64_t)s->nhosts * oc->max_ejected_ppm / GW_PPM_ONE;
+    if (oc->max_ejected_ppm > 0 && max == 0)
+        max = 1;
+    if (ejected_now(s, now) >= max)
+        return;
+    hs->ejections++;
+    uint64_t growth = hs->ejections < EJECTION_GROWTH_CAP ? hs->ejections : EJECTION_GROWTH_CAP;
+    uint64_t dur = oc->ejection_ms * growth;
+    __atomic_store_n(&hs->ejected_until_ms, now + dur, __ATOMIC_RELAXED);
+    const gw_upstream_config_t *uc = &o->rt->cfg->upstreams[u];
+    gw_log(GW_LOG_WARN, "host ejected", "{s:s, s:s, s:i, s:I}", "upstream", uc->name, "host",
+           uc->hosts[host].text, "consecutive_failures", (int)hs->consecutive_failures,
+           "ejection_ms", (json_int_t)dur);
+    emit(o, "host_ejected",
+         json_pack("{s:s, s:s, s:i, s:I, s:i}", "upstream", uc->name, "host", uc->hosts[host].text,
+                   "consecutive_failures", (int)hs->consecutive_failures, "ejection_ms",
+                   (json_int_t)dur, "ejections", (int)hs->ejections));
+    hs->consecutive_failures = 0;
+}
+
+/* Ends ejections whose time ran out, and tracks the "no usable host" condition. */
+static void watch_hosts(gw_owner_t *o, size_t u, uint64_t now)
+{
+    const gw_upstream_config_t *uc = &o->rt->cfg->upstreams[u];
+    gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+    uint32_t usable = 0, down = 0, ejected = 0;
+    for (uint32_t h = 0; h < s->nhosts; h++) {
+        gw_host_state_t *hs = &s->hosts[h];
+        uint64_t until = __atomic_load_n(&hs->ejected_until_ms, __ATOMIC_RELAXED);
+        if (until != 0 && until <= now) {
+            __atomic_store_n(&hs->ejected_until_ms, 0, __ATOMIC_RELAXED);
+            emit(o, "host_restored",
+                 json_pack("{s:s, s:s}", "upstream", uc->name, "host", uc->hosts[h].text));
+        }
+        down += __atomic_load_n(&hs->down, __ATOMIC_RELAXED) != 0;
+        ejected += hs->ejected_until_ms > now;
+        usable += gw_host_usable(s, h, now);
+    }
+    int64_t was = GW_STAT_GET(s->unavailable);
+    if (usable == 0 && was == 0) {
+        GW_STAT_SET(s->unavailable, 1);
+        gw_log(GW_LOG_ERROR, "no usable host", "{s:s, s:i, s:i}", "upstream", uc->name,
+               "hosts_down", (int)down, "hosts_ejected", (int)ejected);
+        emit(o, "no_healthy_hosts",
+             json_pack("{s:s, s:i, s:i, s:i}", "upstream", uc->name, "hosts", (int)s->nhosts,
+                       "hosts_down", (int)down, "hosts_ejected", (int)ejected));
+    } else if (usable > 0 && was != 0) {
+        GW_STAT_SET(s->unavailable, 0);
+        emit(o, "no_healthy_hosts_cleared",
+             json_pack("{s:s, s:i}", "upstream", uc->name, "hosts_usable", (int)usable));
+    }
+}
+
+/* ---- draining ---------------------------------------------------------------------------- */
+
+static br_outcome_kind_t classify(const gw_upstream_config_t *uc, const gw_outq_rec_t *rec)
+{
+    switch ((gw_outcome_kind_t)rec->kind) {
+    case GW_OUTCOME_RESPONSE:
+        return br_classify_status(rec->status, uc->failure_statuses, uc->nfailure_statuses);
+    case GW_OUTCOME_CANCELLED:
+        return BR_OUTCOME_NEUTRAL;
+    default:
+        return BR_OUTCOME_FAILURE;
+    }
+}
+
+static void on_record(void *ctx, uint32_t worker, const gw_outq_rec_t *rec)
+{
+    gw_owner_t *o = ctx;
+    const gw_config_t *cfg = o->rt->cfg;
+    if (!gw_owner_active(o) || rec->upstream >= cfg->nupstreams) {
+        o->dropped++;
+        return;
+    }
+    const gw_upstream_config_t *uc = &cfg->upstreams[rec->upstream];
+    gw_upstate_t *s = gw_runtime_upstate(o->rt, rec->upstream);
+    br_outcome_t out = {
+        .generation = rec->generation,
+        .trial = rec->trial != 0,
+        .kind = classify(uc, rec),
+        .latency_us = rec->latency_us,
+    };
+    br_transitions_t tr;
+    br_breaker_record(&s->owner, &out, now_ms(o), &tr);
+    on_transitions(o, rec->upstream, &tr);
+    outlier(o, rec->upstream, rec->host, out.kind);
+    o->touched[rec->upstream] = true;
+}
+
+static void publish_touched(gw_owner_t *o)
+{
+    for (size_t u = 0; u < o->rt->cfg->nupstreams; u++) {
+        if (!o->touched[u])
+            continue;
+        o->touched[u] = false;
+        gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+        br_breaker_publish(&s->owner, &s->pub, now_ms(o));
+    }
+}
+
+void gw_owner_drain(gw_owner_t *o)
+{
+    if (o == NULL)
+        return;
+    uv_update_time(o->loop);
+    gw_outq_drain(o->rt->outq, on_record, o);
+    publish_touched(o);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    gw_owner_drain(p->data);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    gw_owner_t *o = t->data;
+    gw_owner_drain(o);
+    if (!gw_owner_active(o))
+        return;
+    uint64_t now = now_ms(o);
+    for (size_t u = 0; u < o->rt->cfg->nupstreams; u++) {
+        gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+        if (br_breaker_next_deadline(&s->owner) <= now) {
+            br_transitions_t tr;
+            br_breaker_tick(&s->owner, now, &tr);
+            on_transitions(o, u, &tr);
+        }
+        br_breaker_publish(&s->owner, &s->pub, now);
+        watch_hosts(o, u, now);
+    }
+}
+
+int gw_owner_force(gw_owner_t *o, size_t upstream, const char *action)
+{
+    br_action_t a;
+    if (strcmp(action, "force_open") == 0)
+        a = BR_ACTION_FORCE_OPEN;
+    else if (strcmp(action, "force_close") == 0)
+        a = BR_ACTION_FORCE_CLOSE;
+    else if (strcmp(action, "reset") == 0)
+        a = BR_ACTION_RESET;
+    else
+        return -EINVAL;
+    if (!gw_owner_active(o))
+        return -EAGAIN;
+    gw_owner_drain(o);
+    gw_upstate_t *s = gw_runtime_upstate(o->rt, upstream);
+    br_transitions_t tr;
+    br_breaker_force(&s->owner, a, now_ms(o), &tr);
+    on_transitions(o, upstream, &tr);
+    br_breaker_publish(&s->owner, &s->pub, now_ms(o));
+    emit(o, "breaker_override",
+         json_pack("{s:s, s:s}", "upstream", o->rt->cfg->upstreams[upstream].name, "action",
+                   action));
+    return 0;
+}
+
+void gw_owner_host_health(gw_owner_t *o, size_t upstream, size_t host, bool up)
+{
+    const gw_upstream_config_t *uc = &o->rt->cfg->upstreams[upstream];
+    gw_log(up ? GW_LOG_INFO : GW_LOG_WARN, up ? "host healthy" : "host unhealthy", "{s:s, s:s}",
+           "upstream", uc->name, "host", uc->hosts[host].text);
+    emit(o, up ? "host_up" : "host_down",
+         json_pack("{s:s, s:s}", "upstream", uc->name, "host", uc->hosts[host].text));
+    if (gw_owner_active(o))
+        watch_hosts(o, upstream, now_ms(o));
+}
+
+gw_owner_t *gw_owner_new(uv_loop_t *loop, const gw_runtime_t *rt)
+{
+    gw_owner_t *o = calloc(1, sizeof(*o));
+    bool *touched = calloc(rt->cfg->nupstreams + 1, sizeof(bool));
+    if (o == NULL || touched == NULL) {
+        free(o);
+        free(touched);
+        return NULL;
+    }
+    o->loop = loop;
+    o->rt = rt;
+    o->touched = touched;
+    uv_poll_init(loop, &o->poll, gw_outq_fd(rt->outq));
+    o->poll.data = o;
+    uv_poll_start(&o->poll, UV_READABLE, on_poll);
+    uv_timer_init(loop, &o->tick);
+    o->tick.data = o;
+    uv_timer_start(&o->tick, on_tick, GW_OUTQ_POLL_MS, GW_OUTQ_POLL_MS);
+    o->open_handles = 2;
+    return o;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    gw_owner_t *o = h->data;
+    if (--o->open_handles == 0) {
+        free(o->touched);
+        free(o);
+    }
+}
+
+void gw_owner_close(gw_owner_t *o)
+{
+    if (o == NULL)
+        return;
+    uv_close((uv_handle_t *)&o->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&o->tick, on_handle_closed);
+}
