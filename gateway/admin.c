@@ -123,13 +123,14 @@ static json_t *breaker_json(gw_admin_t *a, size_t u)
     br_stats_t st;
     uint64_t now = uv_now(a->loop);
     br_breaker_stats(&s->owner, now, &st);
-    return json_pack("{s:s, s:I, s:I, s:i, s:i, s:I, s:I, s:I}", "state", br_state_name(snap.state),
-                     "generation", (json_int_t)snap.generation, "retry_after_ms",
-                     (json_int_t)(snap.open_until > now ? snap.open_until - now : 0),
-                     "trial_permits_left", (int)snap.permits, "consecutive_failures",
-                     (int)st.consecutive_failures, "window_calls", (json_int_t)st.window_calls,
-                     "window_failures", (json_int_t)st.window_failures, "window_slow",
-                     (json_int_t)st.window_slow);
+    return json_pack(
+        "{s:s, s:I, s:I, s:I, s:i, s:i, s:I, s:I, s:I}", "state", br_state_name(snap.state),
+        "since_unix_ms", (json_int_t)GW_STAT_GET(s->state_since_unix_ms), "generation",
+        (json_int_t)snap.generation, "retry_after_ms",
+        (json_int_t)(snap.open_until > now ? snap.open_until - now : 0), "trial_permits_left",
+        (int)snap.permits, "consecutive_failures", (int)st.consecutive_failures, "window_calls",
+        (json_int_t)st.window_calls, "window_failures", (json_int_t)st.window_failures,
+        "window_slow", (json_int_t)st.window_slow);
 }
 
 /* POST /api/v1/upstreams/{name}/breaker {"action": "force_open"|"force_close"|"reset"} */

@@ -199,6 +199,17 @@ static void render_breakers(FILE *f, const gw_runtime_t *rt, uint64_t now)
                         br_state_name((br_state_t)b), (unsigned long long)n);
             }
     }
+    header(f, "breakwater_host_healthy", "gauge",
+           "1 unless active health checks marked the host down.");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        gw_upstate_t *st = gw_runtime_upstate(rt, u);
+        for (size_t h = 0; h < cfg->upstreams[u].nhosts; h++) {
+            fputs("breakwater_host_healthy{upstream=\"", f);
+            put_label(f, cfg->upstreams[u].name);
+            fprintf(f, "\",host=\"%s\"} %d\n", cfg->upstreams[u].hosts[h].text,
+                    __atomic_load_n(&st->hosts[h].down, __ATOMIC_RELAXED) == 0);
+        }
+    }
     header(f, "breakwater_host_usable", "gauge",
            "1 when the host takes traffic (not marked down by health checks, not ejected).");
     for (size_t u = 0; u < cfg->nupstreams; u++) {

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "outcome.h"
@@ -59,6 +60,14 @@ static void on_transitions(gw_owner_t *o, size_t u, const br_transitions_t *tr)
     for (unsigned i = 0; i < tr->n; i++) {
         const br_transition_t *t = &tr->t[i];
         __atomic_fetch_add(&s->transitions[t->from][t->to], 1, __ATOMIC_RELAXED);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        GW_STAT_SET(s->state_since_unix_ms,
+                    (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+        br_stats_t st;
+        br_breaker_stats(&s->owner, now_ms(o), &st);
+        double rate =
+            st.window_calls > 0 ? (double)st.window_failures / (double)st.window_calls : 0.0;
         char kind[GW_EVENT_KIND_MAX];
         snprintf(kind, sizeof(kind), "breaker_%s", br_state_name(t->to));
         gw_log(t->to == BR_STATE_OPEN ? GW_LOG_WARN : GW_LOG_INFO, "breaker transition",
@@ -66,10 +75,13 @@ static void on_transitions(gw_owner_t *o, size_t u, const br_transitions_t *tr)
                br_state_name(t->to), "reason", br_reason_name(t->reason), "open_ms",
                (json_int_t)t->open_ms);
         emit(o, kind,
-             json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "upstream", name, "from",
-                       br_state_name(t->from), "to", br_state_name(t->to), "reason",
+             json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:{s:I, s:I, s:I, s:f, s:i}}", "upstream",
+                       name, "from", br_state_name(t->from), "to", br_state_name(t->to), "reason",
                        br_reason_name(t->reason), "open_ms", (json_int_t)t->open_ms,
-                       "breaker_generation", (json_int_t)t->generation));
+                       "breaker_generation", (json_int_t)t->generation, "window", "calls",
+                       (json_int_t)st.window_calls, "failures", (json_int_t)st.window_failures,
+                       "slow", (json_int_t)st.window_slow, "failure_rate", rate,
+                       "consecutive_failures", (int)st.consecutive_failures));
     }
 }
 

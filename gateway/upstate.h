@@ -46,7 +46,8 @@ typedef struct gw_upstate {
     br_shared_t pub;           /* published breaker state */
     br_breaker_t owner;        /* the owner's state machine */
     uint64_t transitions[BR_STATE_COUNT][BR_STATE_COUNT];
-    int64_t unavailable; /* 1 while no host is usable (no_healthy_hosts is firing) */
+    int64_t unavailable;          /* 1 while no host is usable (no_healthy_hosts is firing) */
+    uint64_t state_since_unix_ms; /* wall clock of the breaker's last transition (0: never) */
     uint32_t nhosts;
     gw_host_state_t hosts[GW_MAX_HOSTS];
 } gw_upstate_t;
