@@ -40,6 +40,8 @@ static void send_json(h2o_req_t *req, int status, json_t *body)
                    H2O_STRLIT("application/json"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
                    H2O_STRLIT("no-store"));
+    /* h2o_send_inline leaves the length unset; without it HTTP/1.1 clients get Connection: close */
+    req->res.content_length = copy.len;
     h2o_send_inline(req, copy.base, copy.len);
 }
 
@@ -90,6 +92,8 @@ static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
+    /* h2o_send_inline leaves the length unset; without it HTTP/1.1 clients get Connection: close */
+    req->res.content_length = copy.len;
     h2o_send_inline(req, copy.base, copy.len);
 }
 

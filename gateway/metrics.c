@@ -227,6 +227,42 @@ static void render_breakers(FILE *f, const gw_runtime_t *rt, uint64_t now)
             (unsigned long long)gw_outq_dropped(rt->outq));
 }
 
+static void render_ratelimits(FILE *f, const gw_runtime_t *rt)
+{
+    const gw_config_t *cfg = rt->cfg;
+    static const char *const names[] = {
+        "breakwater_ratelimit_admitted_total", "breakwater_ratelimit_rejected_total",
+        "breakwater_ratelimit_keys", "breakwater_ratelimit_evictions_total"};
+    static const char *const types[] = {"counter", "counter", "gauge", "counter"};
+    static const char *const helps[] = {
+        "Requests a route's rate limit admitted.",
+        "Requests a route's rate limit refused (429), never sent upstream.",
+        "Keys (clients) held in a route's rate-limit table.",
+        "Keys forgotten to make room in a route's rate-limit table."};
+    for (int m = 0; m < 4; m++) {
+        header(f, names[m], types[m], helps[m]);
+        for (size_t r = 0; r < cfg->nroutes; r++) {
+            br_keytable_t *t = rt->limiter_of[r];
+            if (t == NULL)
+                continue;
+            uint64_t v = 0;
+            if (m < 2) {
+                for (uint32_t w = 0; w < gw_stats_nworkers(rt->stats); w++) {
+                    gw_route_stats_t *rs = gw_stats_route(rt->stats, w, (uint32_t)r);
+                    v += m == 0 ? GW_STAT_GET(rs->rl_admitted) : GW_STAT_GET(rs->rl_rejected);
+                }
+            } else {
+                br_keytable_stats_t ks;
+                br_keytable_stats(t, &ks);
+                v = m == 2 ? ks.in_use : ks.evictions;
+            }
+            fprintf(f, "%s{route=\"", names[m]);
+            put_label(f, cfg->routes[r].name);
+            fprintf(f, "\"} %llu\n", (unsigned long long)v);
+        }
+    }
+}
+
 static void render_supervision(FILE *f, const gw_runtime_t *rt)
 {
     header(f, "breakwater_worker_restarts_total", "counter",
@@ -290,6 +326,7 @@ char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms)
     render_workers(f, st);
     render_supervision(f, rt);
     render_breakers(f, rt, now_ms);
+    render_ratelimits(f, rt);
     if (fclose(f) != 0) {
         free(out);
         return NULL;

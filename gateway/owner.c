@@ -20,8 +20,19 @@
 
 #define EJECTION_GROWTH_CAP 10
 
+/* Per route: is the share of rate-limited requests above the rule's ratio, and since when. */
+typedef struct rlwatch {
+    uint64_t admitted, rejected; /* totals at the last sample */
+    uint64_t above_since_ms;     /* 0 = below */
+    bool firing;
+} rlwatch_t;
+
+#define RLWATCH_SAMPLE_MS 1000
+
 struct gw_owner {
     uv_loop_t *loop;
+    rlwatch_t *rl; /* per route */
+    uint64_t next_rl_sample_ms;
     const gw_runtime_t *rt;
     uv_poll_t poll;
     uv_timer_t tick;
@@ -225,6 +236,54 @@ static void on_poll(uv_poll_t *p, int status, int events)
     gw_owner_drain(p->data);
 }
 
+/*
+ * The `rate_limited` event: fires when a route's rejected share stays at or above the rule's
+ * ratio for the rule's `for` (sampled each second), clears (rate_limited_cleared) at the first
+ * second back under it.
+ */
+static void watch_ratelimits(gw_owner_t *o, uint64_t now)
+{
+    const gw_config_t *cfg = o->rt->cfg;
+    const gw_rule_config_t *rule = &cfg->alerts.rules[GW_EVENT_RATE_LIMITED];
+    if (!rule->defined || now < o->next_rl_sample_ms)
+        return;
+    o->next_rl_sample_ms = now + RLWATCH_SAMPLE_MS;
+    for (size_t r = 0; r < cfg->nroutes; r++) {
+        if (o->rt->limiter_of[r] == NULL)
+            continue;
+        uint64_t adm = 0, rej = 0;
+        for (uint32_t w = 0; w < gw_stats_nworkers(o->rt->stats); w++) {
+            gw_route_stats_t *rs = gw_stats_route(o->rt->stats, w, (uint32_t)r);
+            adm += GW_STAT_GET(rs->rl_admitted);
+            rej += GW_STAT_GET(rs->rl_rejected);
+        }
+        rlwatch_t *rw = &o->rl[r];
+        uint64_t da = adm - rw->admitted, dr = rej - rw->rejected;
+        rw->admitted = adm;
+        rw->rejected = rej;
+        bool above = da + dr > 0 && dr * GW_PPM_ONE >= (da + dr) * (uint64_t)rule->ratio_ppm;
+        if (!above) {
+            rw->above_since_ms = 0;
+            if (rw->firing) {
+                rw->firing = false;
+                emit(o, "rate_limited_cleared", json_pack("{s:s}", "route", cfg->routes[r].name));
+            }
+            continue;
+        }
+        if (rw->above_since_ms == 0)
+            rw->above_since_ms = now;
+        if (!rw->firing && now - rw->above_since_ms >= rule->for_ms) {
+            rw->firing = true;
+            gw_log(GW_LOG_WARN, "route is rate limiting heavily", "{s:s, s:f}", "route",
+                   cfg->routes[r].name, "rejected_ratio", (double)dr / (double)(da + dr));
+            emit(o, "rate_limited",
+                 json_pack("{s:s, s:f, s:I, s:I}", "route", cfg->routes[r].name, "rejected_ratio",
+                           (double)dr / (double)(da + dr), "rejected_last_s", (json_int_t)dr,
+                           "admitted_last_s", (json_int_t)da));
+        }
+    }
+}
+
 static void on_tick(uv_timer_t *t)
 {
     gw_owner_t *o = t->data;
@@ -242,6 +301,7 @@ static void on_tick(uv_timer_t *t)
         br_breaker_publish(&s->owner, &s->pub, now);
         watch_hosts(o, u, now);
     }
+    watch_ratelimits(o, now);
 }
 
 int gw_owner_force(gw_owner_t *o, size_t upstream, const char *action)
@@ -284,11 +344,14 @@ gw_owner_t *gw_owner_new(uv_loop_t *loop, const gw_runtime_t *rt)
 {
     gw_owner_t *o = calloc(1, sizeof(*o));
     bool *touched = calloc(rt->cfg->nupstreams + 1, sizeof(bool));
-    if (o == NULL || touched == NULL) {
+    rlwatch_t *rl = calloc(rt->cfg->nroutes + 1, sizeof(rlwatch_t));
+    if (o == NULL || touched == NULL || rl == NULL) {
         free(o);
         free(touched);
+        free(rl);
         return NULL;
     }
+    o->rl = rl;
     o->loop = loop;
     o->rt = rt;
     o->touched = touched;
@@ -307,6 +370,7 @@ static void on_handle_closed(uv_handle_t *h)
     gw_owner_t *o = h->data;
     if (--o->open_handles == 0) {
         free(o->touched);
+        free(o->rl);
         free(o);
     }
 }

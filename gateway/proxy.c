@@ -866,6 +866,88 @@ static int admit_upstream(gw_worker_t *w, h2o_req_t *req, uint32_t r, uint64_t s
     return 0;
 }
 
+/* The bytes that identify the caller for a rate limit keyed by client_ip. */
+static size_t client_ip_bytes(h2o_req_t *req, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (len == 0)
+        return 0;
+    if (ss.ss_family == AF_INET && cap >= 4) {
+        memcpy(out, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 4;
+    }
+    if (ss.ss_family == AF_INET6 && cap >= 16) {
+        memcpy(out, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 16;
+    }
+    return 0;
+}
+
+/* The key hash of this request under the route's limit (global, client_ip, header:NAME; a
+ * missing header falls back to the client's address). */
+static uint64_t ratelimit_key(const gw_ratelimit_config_t *rl, br_keytable_t *t, h2o_req_t *req)
+{
+    char ip[16];
+    if (rl->key == GW_RL_KEY_HEADER) {
+        ssize_t i =
+            h2o_find_header_by_str(&req->headers, rl->key_header, strlen(rl->key_header), -1);
+        if (i >= 0) {
+            h2o_iovec_t v = req->headers.entries[i].value;
+            return br_keytable_hash(t, v.base, v.len);
+        }
+    }
+    if (rl->key == GW_RL_KEY_GLOBAL)
+        return br_keytable_hash(t, "", 0);
+    return br_keytable_hash(t, ip, client_ip_bytes(req, ip, sizeof(ip)));
+}
+
+static void add_header_uint_fmt(h2o_req_t *req, const char *name, const char *fmt, uint64_t a,
+                                uint64_t b)
+{
+    char *v = h2o_mem_alloc_pool(&req->pool, 64);
+    int n = snprintf(v, 64, fmt, (unsigned long long)a, (unsigned long long)b);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, name, strlen(name), 0, NULL, v, (size_t)n);
+}
+
+/*
+ * The route's token bucket. Every response on a limited route carries the IETF RateLimit
+ * fields (added here, before anything answers, so our own errors and the upstream's responses
+ * both get them); a denial is 429 rate_limited with Retry-After. Returns 1 when it answered.
+ */
+static int apply_ratelimit(gw_worker_t *w, h2o_req_t *req, uint32_t r, uint64_t start_ns,
+                           const char *request_id)
+{
+    br_keytable_t *t = w->rt->limiter_of[r];
+    if (t == NULL)
+        return 0;
+    const gw_ratelimit_config_t *rl = &w->cfg->routes[r].rate_limit;
+    br_gcra_info_t info;
+    int ok = br_keytable_admit(t, ratelimit_key(rl, t, req), uv_hrtime(), &info);
+    gw_route_stats_t *rs = gw_stats_route(w->stats, w->index, r);
+    if (ok < 0) { /* cannot happen short of a broken lock: fail open, and say so */
+        gw_log_limited(&w->ratelimit_errors, uv_now(w->loop), GW_LOG_ERROR,
+                       "rate limiter failed; admitting", "{s:s}", "route", w->cfg->routes[r].name);
+        return 0;
+    }
+    add_header_uint_fmt(req, "ratelimit-policy", "\"default\";q=%llu;w=%llu", info.limit,
+                        br_gcra_window_s(br_keytable_params(t)));
+    add_header_uint_fmt(req, "ratelimit", "\"default\";r=%llu;t=%llu", info.remaining,
+                        info.reset_s);
+    if (ok == 1) {
+        GW_STAT_ADD(rs->rl_admitted, 1);
+        return 0;
+    }
+    GW_STAT_ADD(rs->rl_rejected, 1);
+    uint32_t retry = info.retry_after_s < 1 ? 1 : info.retry_after_s; /* never earlier */
+    char *v = h2o_mem_alloc_pool(&req->pool, 16);
+    int n = snprintf(v, 16, "%u", retry);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, v, (size_t)n);
+    return reply_local(w, req, r, start_ns, request_id, 429, "rate_limited", "ratelimit",
+                       "rate limit of route '%s' exceeded; retry in %u s", w->cfg->routes[r].name,
+                       retry);
+}
+
 /* Checks that do not need an exchange. Returns 1 when the request was answered. */
 static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_ns,
                  const char *request_id, gw_host_t **host, uint64_t *timeout, br_ticket_t *ticket)
@@ -878,6 +960,8 @@ static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_n
                            "no route matches %.*s %.*s", (int)req->method.len, req->method.base,
                            (int)(req->path.len > 200 ? 200 : req->path.len), req->path.base);
     const gw_route_config_t *route = &w->cfg->routes[route_idx];
+    if (apply_ratelimit(w, req, r, start_ns, request_id))
+        return 1;
     if (route->fault.abort_status != 0 && roll_ppm(w) < route->fault.abort_ppm)
         return reply_local(w, req, r, start_ns, request_id, route->fault.abort_status,
                            "fault_injected", NULL, "fault injected by route '%s'", route->name);

@@ -123,5 +123,7 @@ void gw_reply_verror(h2o_req_t *req, int status, const char *code, const char *r
     if (reason != NULL)
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-breakwater-reason"), 0,
                               NULL, reason, strlen(reason));
+    /* h2o_send_inline leaves the length unset; without it HTTP/1.1 clients get Connection: close */
+    req->res.content_length = (size_t)len;
     h2o_send_inline(req, body, (size_t)len);
 }

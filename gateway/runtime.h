@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "events.h"
+#include "keytable.h"
 #include "outq.h"
 #include "stats.h"
 #include "upstate.h"
@@ -22,6 +23,7 @@ typedef struct gw_runtime {
     gw_stats_t *stats;       /* this generation's counters */
     gw_outq_t *outq;         /* this generation's outcome rings */
     const uint32_t *slot_of; /* cfg->upstreams[i] -> its slot in `upstates` */
+    br_keytable_t *const *limiter_of; /* cfg->routes[i] -> its rate-limit table, or NULL */
     gw_upstates_t *upstates; /* for the life of the supervisor */
     gw_events_t *events;     /* for the life of the supervisor */
     gw_shared_t *shared;     /* for the life of the supervisor */

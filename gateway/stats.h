@@ -41,6 +41,7 @@ typedef struct gw_route_stats {
     uint64_t latency_buckets[GW_STATS_LATENCY_BUCKETS]; /* not cumulative */
     uint64_t latency_sum_us;
     uint64_t latency_count;
+    uint64_t rl_admitted, rl_rejected; /* rate limit decisions */
 } gw_route_stats_t;
 
 typedef struct gw_upstream_stats {

@@ -42,6 +42,7 @@
 #include "control.h"
 #include "db.h"
 #include "events.h"
+#include "limiter.h"
 #include "log.h"
 #include "runtime.h"
 #include "stats.h"
@@ -90,6 +91,7 @@ typedef struct supervisor {
     gw_events_t *events;
     gw_shared_t *shared;
     gw_upstates_t *upstates;
+    gw_limiters_t *limiters;
     bound_fd_t bound[MAX_LISTENERS];
     size_t nbound;
     int admin_fd;
@@ -207,6 +209,7 @@ static void generation_free(generation_t *g)
     gw_stats_free(g->rt.stats);
     gw_outq_free(g->rt.outq);
     free((void *)g->rt.slot_of);
+    free((void *)g->rt.limiter_of);
     gw_config_free(g->cfg);
     free(g);
 }
@@ -247,6 +250,17 @@ static generation_t *generation_new(supervisor_t *s, gw_config_t *cfg, uint64_t 
         return NULL;
     }
     g->rt.slot_of = slot_of;
+    br_keytable_t **limiter_of = calloc(cfg->nroutes + 1, sizeof(*limiter_of));
+    r = limiter_of == NULL ? -ENOMEM
+                           : gw_limiters_bind(s->limiters, cfg, id, oldest_live, limiter_of);
+    if (r != 0) {
+        gw_log(GW_LOG_ERROR, "cannot set up the rate limiters", "{s:s}", "error", strerror(-r));
+        free(limiter_of);
+        g->cfg = NULL; /* still the caller's */
+        generation_free(g);
+        return NULL;
+    }
+    g->rt.limiter_of = limiter_of;
     g->rt.upstates = s->upstates;
     g->rt.generation = id;
     g->rt.cfg = cfg;
@@ -608,6 +622,7 @@ static void collect_old(supervisor_t *s)
             s->children[i].gen = NULL;
     s->old = NULL;
     generation_free(g);
+    gw_limiters_collect(s->limiters, s->cur->id);
     close_unused_listeners(s);
 }
 
@@ -722,7 +737,8 @@ static int setup(supervisor_t *s, gw_config_t *cfg)
     s->events = gw_events_new();
     s->shared = gw_shared_new();
     s->upstates = gw_upstates_new();
-    if (s->events == NULL || s->shared == NULL || s->upstates == NULL)
+    s->limiters = gw_limiters_new();
+    if (s->events == NULL || s->shared == NULL || s->upstates == NULL || s->limiters == NULL)
         return -1;
     s->cur = generation_new(s, cfg, 1);
     if (s->cur == NULL)
@@ -754,6 +770,7 @@ static void teardown(supervisor_t *s)
     gw_events_free(s->events);
     gw_shared_free(s->shared);
     gw_upstates_free(s->upstates);
+    gw_limiters_free(s->limiters);
 }
 
 int gw_supervisor_run(gw_config_t *cfg, const char *config_path)

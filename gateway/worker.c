@@ -148,6 +148,7 @@ int gw_worker_main(const gw_runtime_t *rt, uint32_t index, const int *listen_fds
     w->cfg = cfg;
     w->events = rt->events;
     w->crash_ctx.route = -1;
+    w->ratelimit_errors.interval_ms = 10000;
     w->loop = loop;
     loop->data = w;
     w->stats = stats;

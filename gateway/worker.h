@@ -21,6 +21,7 @@
 #include "config.h"
 #include "crash.h"
 #include "events.h"
+#include "log.h"
 #include "runtime.h"
 #include "outcome.h"
 #include "router.h"
@@ -51,6 +52,7 @@ typedef struct gw_worker {
     uint64_t inflight; /* proxied requests not yet disposed */
     uint64_t stop_deadline_ms;
     uint64_t open_conns; /* client connections accepted and not yet closed */
+    gw_log_limit_t ratelimit_errors;
     bool stopping;
 } gw_worker_t;
 
