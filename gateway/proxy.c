@@ -884,22 +884,35 @@ static size_t client_ip_bytes(h2o_req_t *req, char *out, size_t cap)
     return 0;
 }
 
-/* The key hash of this request under the route's limit (global, client_ip, header:NAME; a
- * missing header falls back to the client's address). */
+/*
+ * The key hash of this request under the route's limit (global, client_ip, header:NAME; a
+ * missing header falls back to the client's address). Each kind of key is hashed behind its own
+ * prefix byte, so that a header value can never collide with some client's address bytes (and
+ * drain that client's bucket).
+ */
 static uint64_t ratelimit_key(const gw_ratelimit_config_t *rl, br_keytable_t *t, h2o_req_t *req)
 {
-    char ip[16];
+    char buf[1 + 256];
     if (rl->key == GW_RL_KEY_HEADER) {
         ssize_t i =
             h2o_find_header_by_str(&req->headers, rl->key_header, strlen(rl->key_header), -1);
         if (i >= 0) {
             h2o_iovec_t v = req->headers.entries[i].value;
-            return br_keytable_hash(t, v.base, v.len);
+            if (v.len > sizeof(buf) - 1) { /* long values: hash them first */
+                uint64_t inner = br_keytable_hash(t, v.base, v.len);
+                buf[0] = 'H';
+                memcpy(buf + 1, &inner, sizeof(inner));
+                return br_keytable_hash(t, buf, 1 + sizeof(inner));
+            }
+            buf[0] = 'h';
+            memcpy(buf + 1, v.base, v.len);
+            return br_keytable_hash(t, buf, 1 + v.len);
         }
     }
     if (rl->key == GW_RL_KEY_GLOBAL)
-        return br_keytable_hash(t, "", 0);
-    return br_keytable_hash(t, ip, client_ip_bytes(req, ip, sizeof(ip)));
+        return br_keytable_hash(t, "g", 1);
+    buf[0] = 'i';
+    return br_keytable_hash(t, buf, 1 + client_ip_bytes(req, buf + 1, sizeof(buf) - 1));
 }
 
 static void add_header_uint_fmt(h2o_req_t *req, const char *name, const char *fmt, uint64_t a,
