@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "owner.h"
 #include "reply.h"
 
@@ -71,7 +72,7 @@ static void handle_readyz(gw_admin_t *a, h2o_req_t *req)
     uint32_t nw = gw_stats_nworkers(a->stats), ready = 0;
     for (uint32_t w = 0; w < nw; w++)
         ready += GW_STAT_GET(gw_stats_worker(a->stats, w)->ready) == 1;
-    bool ok = ready == nw && a->db != NULL;
+    bool ok = ready == nw && (a->db != NULL || a->retiring);
     send_json(req, ok ? 200 : 503,
               json_pack("{s:s, s:i, s:i, s:b}", "status", ok ? "ready" : "not_ready",
                         "workers_ready", (int)ready, "workers", (int)nw, "database",
@@ -317,12 +318,14 @@ static void reload_answer(pending_reload_t *pr)
         return;
     }
     json_t *errors = json_loads(msg, 0, NULL);
+    if (!json_is_array(errors)) {
+        json_decref(errors);
+        errors = json_pack("[s]", msg);
+    }
     send_json(pr->req, 422,
               json_pack("{s:s, s:s, s:o}", "error", "reload_failed", "message",
                         "the new configuration was refused; the running one is kept", "errors",
-                        json_is_array(errors) ? errors : json_pack("[s]", msg)));
-    if (!json_is_array(errors))
-        json_decref(errors);
+                        errors));
 }
 
 static void on_reload_timer_close(uv_handle_t *h)
@@ -363,6 +366,8 @@ static void handle_reload(gw_admin_t *a, h2o_req_t *req)
                 json_pack("{s:s, s:O}", "reason", "invalid configuration", "errors", errors);
             char *text = json_dumps(ev, JSON_COMPACT);
             json_decref(ev);
+            gw_log(GW_LOG_ERROR, "reload refused; keeping the running config", "{s:s, s:s}",
+                   "reason", "invalid configuration", "errors", text != NULL ? text : "{}");
             gw_events_emit(a->rt->events, "reload_failed", -1, text);
             free(text);
             send_json(req, 422,

@@ -25,6 +25,7 @@ typedef struct gw_admin {
     al_eventlog_t *eventlog; /* NULL likewise */
     uint64_t inflight;       /* admin requests not yet disposed (graceful stop waits for 0) */
     struct gw_owner *owner;  /* the breaker owner in this process */
+    bool retiring;           /* this control process is being replaced: its database is closed */
 } gw_admin_t;
 
 /* Installs the admin handler on `pathconf`. */

@@ -30,11 +30,19 @@ typedef struct control {
     gw_log_limit_t drain_errors, db_errors;
     bool stopping;
     uint64_t stop_deadline_ms;
+    uint64_t open_conns; /* admin connections accepted and not yet closed */
     h2o_globalconf_t h2o_config;
     h2o_context_t h2o_ctx;
     h2o_accept_ctx_t accept_ctx;
     gw_admin_t admin;
 } control_t;
+
+static void on_conn_close(uv_handle_t *h)
+{
+    control_t *c = h->loop->data;
+    c->open_conns--;
+    free(h);
+}
 
 static void on_accept(uv_stream_t *listener, int status)
 {
@@ -49,7 +57,8 @@ static void on_accept(uv_stream_t *listener, int status)
         uv_close((uv_handle_t *)conn, (uv_close_cb)free);
         return;
     }
-    h2o_accept(&c->accept_ctx, h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free));
+    c->open_conns++;
+    h2o_accept(&c->accept_ctx, h2o_uv_socket_create((uv_stream_t *)conn, on_conn_close));
 }
 
 /*
@@ -93,22 +102,30 @@ static void on_drain(uv_timer_t *t)
     drain_events(t->data);
 }
 
-static void exit_control(control_t *c)
+/* Stores what is pending and gives the database up (the next control process waits for it). */
+static void release_database(control_t *c)
 {
     gw_owner_drain(c->admin.owner);
     drain_events(c);
     al_eventlog_close(c->admin.eventlog);
     al_db_close(c->admin.db);
-    gw_log(GW_LOG_INFO, "control stopped", NULL);
-    _exit(0);
+    c->admin.eventlog = NULL;
+    c->admin.db = NULL;
 }
 
-/* Stopping: answer what is in flight (a reload request waits for its result), then exit. */
+/*
+ * Stopping: answer what is in flight (a reload request waits for its result) and let admin
+ * clients close their keep-alive connections (h2o tells each one "Connection: close" on its next
+ * response), so that a reload never resets a scraper's connection; then exit.
+ */
 static void on_stop_poll(uv_timer_t *t)
 {
     control_t *c = t->data;
-    if (c->admin.inflight == 0 || uv_now(&c->loop) >= c->stop_deadline_ms)
-        exit_control(c);
+    if ((c->admin.inflight == 0 && c->open_conns == 0) || uv_now(&c->loop) >= c->stop_deadline_ms) {
+        gw_log(GW_LOG_INFO, "control stopped", "{s:I}", "open_connections",
+               (json_int_t)c->open_conns);
+        _exit(0);
+    }
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -119,6 +136,10 @@ static void on_signal(uv_signal_t *s, int signum)
     c->stopping = true;
     gw_log(GW_LOG_INFO, "control stopping", "{s:I}", "inflight", (json_int_t)c->admin.inflight);
     uv_close((uv_handle_t *)&c->listener, NULL);
+    h2o_context_request_shutdown(&c->h2o_ctx);
+    c->admin.retiring = true;
+    uv_timer_stop(&c->db_retry);
+    release_database(c);
     c->stop_deadline_ms = uv_now(&c->loop) + STOP_WAIT_MS;
     uv_timer_start(&c->db_retry, on_stop_poll, 0, 20);
 }
@@ -142,6 +163,9 @@ static void on_db_retry(uv_timer_t *t)
         uv_timer_start(t, on_db_retry, r == AL_DB_EBUSY ? 100 : 2000, 0);
         return;
     }
+    /* Holding the database makes this process the events channel's only consumer (the previous
+     * control process gave it up after its last drain): start from what it committed. */
+    gw_events_rewind(c->rt->events);
     r = al_eventlog_open(c->admin.db, &c->admin.eventlog);
     if (r != 0) {
         gw_log(GW_LOG_ERROR, "cannot prepare the event log", "{s:s}", "error", al_db_strerror(r));
@@ -162,9 +186,9 @@ int gw_control_main(const gw_runtime_t *rt, int admin_fd)
     c->admin.cfg = cfg;
     c->admin.stats = rt->stats;
     c->admin.loop = &c->loop;
+    c->loop.data = c;
     c->drain_errors.interval_ms = 10000;
     c->db_errors.interval_ms = 5000;
-    gw_events_rewind(rt->events);
 
     h2o_config_init(&c->h2o_config);
     c->h2o_config.server_name = h2o_iovec_init(H2O_STRLIT("breakwater"));

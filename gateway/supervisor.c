@@ -54,6 +54,7 @@
 #define RESPAWN_MAX_MS 30000
 #define STOP_GRACE_MS 2000
 #define RELOAD_READY_TIMEOUT_MS 10000
+#define ANNOUNCE_TIMEOUT_MS 5000
 #define MAX_LISTENERS 64
 
 typedef struct generation {
@@ -107,6 +108,7 @@ typedef struct supervisor {
     uint64_t stop_deadline_ms;
     bool reloading; /* new generation started, waiting for its workers to be ready */
     uint64_t reload_deadline_ms;
+    uint64_t announce_deadline_ms; /* != 0: done, waiting for the old workers to stop accepting */
 } supervisor_t;
 
 static uint64_t mono_ms(void)
@@ -391,6 +393,17 @@ static json_t *crash_fields(const child_t *c, int sig, const gw_crash_record_t *
     return f;
 }
 
+/* Workers of generation g that are running and not being retired. */
+static size_t live_workers(const supervisor_t *s, const generation_t *g)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->nchildren; i++) {
+        const child_t *c = &s->children[i];
+        n += c->gen == g && c->kind == CHILD_WORKER && c->pid != 0 && !c->retiring;
+    }
+    return n;
+}
+
 static void on_child_exit(supervisor_t *s, child_t *c, int status)
 {
     generation_t *g = c->gen;
@@ -428,6 +441,8 @@ static void on_child_exit(supervisor_t *s, child_t *c, int status)
                "signal", sig);
     }
     uint64_t delay = reason == GW_RESTART_STALL ? 0 : note_crash(s, now);
+    if (delay > 0 && c->kind == CHILD_WORKER && live_workers(s, g) == 0)
+        delay = 0; /* never leave the gateway without a worker: the loop's delay is for the rest */
     if (delay > 0)
         c->respawn_at_ms = now + delay;
     else
@@ -481,13 +496,18 @@ static void watchdog(supervisor_t *s, uint64_t now)
         gw_worker_stats_t *ws = gw_stats_worker(c->gen->rt.stats, c->index);
         uint64_t beat = GW_STAT_GET(ws->heartbeat_ms);
         uint64_t stall_after = c->gen->cfg->stall_after_ms;
-        if (GW_STAT_GET(ws->ready) != 1 || beat == 0 || now <= beat || now - beat < stall_after)
+        /* a healthy loop's heartbeat can be up to one beat old: only what lies beyond that is
+         * blocking, so a worker is never killed before it has really been stuck stall_after */
+        if (GW_STAT_GET(ws->ready) != 1 || beat == 0 || now <= beat ||
+            now - beat < stall_after + GW_HEARTBEAT_MS)
             continue;
+        uint64_t blocked = now - beat - GW_HEARTBEAT_MS;
         gw_log(GW_LOG_ERROR, "worker stalled; killing and replacing it", "{s:i, s:i, s:I}",
-               "worker", (int)c->index, "pid", (int)c->pid, "blocked_ms", (json_int_t)(now - beat));
+               "worker", (int)c->index, "worker_pid", (int)c->pid, "blocked_ms",
+               (json_int_t)blocked);
         emit(s, "worker_stall", (int32_t)c->index,
              json_pack("{s:i, s:i, s:I, s:I}", "worker", (int)c->index, "pid", (int)c->pid,
-                       "blocked_ms", (json_int_t)(now - beat), "stall_after_ms",
+                       "blocked_ms", (json_int_t)blocked, "stall_after_ms",
                        (json_int_t)stall_after));
         c->killed_for_stall = true;
         kill(c->pid, SIGKILL);
@@ -600,15 +620,34 @@ static void reload_progress(supervisor_t *s, uint64_t now)
         return;
     }
     GW_STAT_SET(s->shared->config_generation, g->id);
-    char msg[96];
-    snprintf(msg, sizeof(msg), "reloaded: config generation %llu", (unsigned long long)g->id);
-    reload_result(s, true, msg);
-    gw_log(GW_LOG_INFO, "reload done; draining the old workers", "{s:I}", "generation",
+    gw_log(GW_LOG_INFO, "new workers ready; draining the old ones", "{s:I}", "generation",
            (json_int_t)g->id);
-    emit(s, "reload", -1,
-         json_pack("{s:I, s:s}", "generation", (json_int_t)g->id, "config",
-                   s->config_path != NULL ? s->config_path : "<default>"));
+    s->announce_deadline_ms = now + ANNOUNCE_TIMEOUT_MS;
     retire(s, s->old);
+}
+
+/*
+ * The reload is reported done (API answer, `reload` event) only once every old worker has
+ * stopped accepting: a client that connects after the answer must get the new config.
+ */
+static void reload_announce(supervisor_t *s, uint64_t now)
+{
+    if (s->announce_deadline_ms == 0)
+        return;
+    size_t accepting = 0;
+    if (s->old != NULL)
+        for (uint32_t i = 0; i < s->old->cfg->workers; i++)
+            accepting += GW_STAT_GET(gw_stats_worker(s->old->rt.stats, i)->ready) == 1;
+    if (accepting > 0 && now < s->announce_deadline_ms)
+        return;
+    s->announce_deadline_ms = 0;
+    char msg[96];
+    snprintf(msg, sizeof(msg), "reloaded: config generation %llu", (unsigned long long)s->cur->id);
+    reload_result(s, true, msg);
+    gw_log(GW_LOG_INFO, "reload done", "{s:I}", "generation", (json_int_t)s->cur->id);
+    emit(s, "reload", -1,
+         json_pack("{s:I, s:s}", "generation", (json_int_t)s->cur->id, "config",
+                   s->config_path != NULL ? s->config_path : "<default>"));
 }
 
 /* Frees the drained generation once its last child is gone. */
@@ -702,6 +741,7 @@ static void run_timers(supervisor_t *s)
         watchdog(s, now);
     if (s->reloading)
         reload_progress(s, now);
+    reload_announce(s, now);
     collect_old(s);
     if (s->stopping && now >= s->stop_deadline_ms) {
         for (size_t i = 0; i < s->nchildren; i++) {

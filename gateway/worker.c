@@ -17,7 +17,6 @@
 #include "log.h"
 
 #define MAX_REQUEST_BODY (16u * 1024 * 1024)
-#define HEARTBEAT_MS 100
 #define BUFPOOL_MAX_FREE 256
 #define STOP_POLL_MS 20
 
@@ -181,7 +180,7 @@ int gw_worker_main(const gw_runtime_t *rt, uint32_t index, const int *listen_fds
     uv_timer_init(loop, &w->heartbeat);
     uv_timer_init(loop, &w->stop_timer);
     w->heartbeat.data = w->stop_timer.data = w;
-    uv_timer_start(&w->heartbeat, on_heartbeat, 0, HEARTBEAT_MS);
+    uv_timer_start(&w->heartbeat, on_heartbeat, 0, GW_HEARTBEAT_MS);
 
     GW_STAT_SET(w->wstats->pid, (int64_t)getpid());
     GW_STAT_SET(w->wstats->started_ms, uv_now(loop));

@@ -28,6 +28,9 @@
 #include "stats.h"
 #include "upstream.h"
 
+/* How often a worker's loop bumps its heartbeat (the supervisor's watchdog reads it). */
+#define GW_HEARTBEAT_MS 100
+
 typedef struct gw_worker {
     uint32_t index;
     const gw_runtime_t *rt;

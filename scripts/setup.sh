@@ -13,10 +13,11 @@ packages=(
     libjansson-dev                      # JSON for the admin API, logs and alert payloads
     libcmocka-dev                       # unit-test framework
     python3 python3-pytest              # integration tests
-    curl sqlite3 iproute2 procps
+    curl sqlite3 iproute2 procps nftables
+    wrk                                 # reload-under-load test (drives a steady load)
 )
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(wrk nghttp2-client nginx-light)
+    packages+=(nghttp2-client nginx-light)
 fi
 
 missing=()

@@ -10,6 +10,7 @@ Environment (set by ctest): BW_BINARY, BW_UPSTREAM, BW_SOURCE_DIR.
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,9 +31,19 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime e
 
 
 def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that is free now, chosen below the kernel's ephemeral range (32768 and up by
+    default) so that no outgoing connection can take it before the gateway binds it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 class Response:
@@ -206,7 +217,13 @@ def gateway():
     started = []
 
     def start(config, **kw):
-        g = Gateway(config, **kw)
+        for attempt in range(3):
+            try:
+                g = Gateway(config, **kw)
+                break
+            except RuntimeError as e:  # another test process took a port first: pick again
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
         started.append(g)
         return g
 
