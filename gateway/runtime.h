@@ -19,14 +19,14 @@
 typedef struct gw_runtime {
     uint64_t generation; /* config generation: 1 at start, +1 per reload */
     const gw_config_t *cfg;
-    const char *config_path; /* NULL: the embedded default */
-    gw_stats_t *stats;       /* this generation's counters */
-    gw_outq_t *outq;         /* this generation's outcome rings */
-    const uint32_t *slot_of; /* cfg->upstreams[i] -> its slot in `upstates` */
+    const char *config_path;          /* NULL: the embedded default */
+    gw_stats_t *stats;                /* this generation's counters */
+    gw_outq_t *outq;                  /* this generation's outcome rings */
+    const uint32_t *slot_of;          /* cfg->upstreams[i] -> its slot in `upstates` */
     br_keytable_t *const *limiter_of; /* cfg->routes[i] -> its rate-limit table, or NULL */
-    gw_upstates_t *upstates; /* for the life of the supervisor */
-    gw_events_t *events;     /* for the life of the supervisor */
-    gw_shared_t *shared;     /* for the life of the supervisor */
+    gw_upstates_t *upstates;          /* for the life of the supervisor */
+    gw_events_t *events;              /* for the life of the supervisor */
+    gw_shared_t *shared;              /* for the life of the supervisor */
 } gw_runtime_t;
 
 /* The shared state of cfg->upstreams[i]. */
