@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "health.h"
 #include "log.h"
 #include "owner.h"
 #include "reply.h"
@@ -82,7 +83,9 @@ static void handle_readyz(gw_admin_t *a, h2o_req_t *req)
 static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
 {
     gw_owner_drain(a->owner);
-    char *text = gw_metrics_render(a->rt, uv_now(a->loop));
+    gw_health_stats_t hs;
+    gw_health_stats(a->health, &hs);
+    char *text = gw_metrics_render(a->rt, uv_now(a->loop), &hs);
     if (text == NULL) {
         send_error(req, 500, "internal_error", "out of memory");
         return;

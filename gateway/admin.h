@@ -21,11 +21,12 @@ typedef struct gw_admin {
     const gw_runtime_t *rt;
     const gw_config_t *cfg;
     gw_stats_t *stats;
-    al_db_t *db;             /* NULL when the database could not be opened */
-    al_eventlog_t *eventlog; /* NULL likewise */
-    uint64_t inflight;       /* admin requests not yet disposed (graceful stop waits for 0) */
-    struct gw_owner *owner;  /* the breaker owner in this process */
-    bool retiring;           /* this control process is being replaced: its database is closed */
+    al_db_t *db;              /* NULL when the database could not be opened */
+    al_eventlog_t *eventlog;  /* NULL likewise */
+    uint64_t inflight;        /* admin requests not yet disposed (graceful stop waits for 0) */
+    struct gw_owner *owner;   /* the breaker owner in this process */
+    bool retiring;            /* this control process is being replaced: its database is closed */
+    struct gw_health *health; /* the prober in this process (metrics) */
 } gw_admin_t;
 
 /* Installs the admin handler on `pathconf`. */
@@ -33,6 +34,8 @@ void gw_admin_register(gw_admin_t *a, h2o_pathconf_t *pathconf);
 
 /* Renders the Prometheus text exposition of every metric into a malloc'd NUL-terminated string
  * (metrics.c). Returns NULL when out of memory. */
-char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms);
+struct gw_health_stats;
+char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms,
+                        const struct gw_health_stats *health);
 
 #endif

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "admin.h"
+#include "health.h"
 #include "log.h"
 #include "owner.h"
 
@@ -31,11 +32,22 @@ typedef struct control {
     bool stopping;
     uint64_t stop_deadline_ms;
     uint64_t open_conns; /* admin connections accepted and not yet closed */
+    gw_health_t *health;
     h2o_globalconf_t h2o_config;
     h2o_context_t h2o_ctx;
     h2o_accept_ctx_t accept_ctx;
     gw_admin_t admin;
 } control_t;
+
+static void on_health_change(void *ctx, size_t upstream, size_t host, bool up)
+{
+    gw_owner_host_health(ctx, upstream, host, up);
+}
+
+static bool health_gate(void *ctx)
+{
+    return gw_owner_active(ctx);
+}
 
 static void on_conn_close(uv_handle_t *h)
 {
@@ -219,6 +231,14 @@ int gw_control_main(const gw_runtime_t *rt, int admin_fd)
         gw_log(GW_LOG_ERROR, "cannot start the breaker owner", NULL);
         return 1;
     }
+    /* health checks write shared host state: only while this process owns it (see owner.h) */
+    c->health = gw_health_new(&c->loop, rt, on_health_change, c->admin.owner);
+    if (c->health == NULL) {
+        gw_log(GW_LOG_ERROR, "cannot start the health prober", NULL);
+        return 1;
+    }
+    gw_health_set_gate(c->health, health_gate, c->admin.owner);
+    c->admin.health = c->health;
     uv_timer_init(&c->loop, &c->db_retry);
     c->db_retry.data = c;
     uv_timer_start(&c->db_retry, on_db_retry, 0, 0);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "health.h"
 
 /* Writes a label value escaped for the exposition format (backslash, quote, newline). */
 static void put_label(FILE *f, const char *v)
@@ -311,7 +312,21 @@ static void render_workers(FILE *f, gw_stats_t *st)
     fprintf(f, "breakwater_build_info{version=\"%s\"} 1\n", BW_VERSION);
 }
 
-char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms)
+static void render_health(FILE *f, const gw_health_stats_t *hs)
+{
+    header(f, "breakwater_health_probes_total", "counter",
+           "Active health probes by result (skipped: the prober was saturated or had a local "
+           "error).");
+    fprintf(f, "breakwater_health_probes_total{result=\"ok\"} %llu\n", (unsigned long long)hs->ok);
+    fprintf(f, "breakwater_health_probes_total{result=\"failed\"} %llu\n",
+            (unsigned long long)hs->failed);
+    fprintf(f, "breakwater_health_probes_total{result=\"skipped\"} %llu\n",
+            (unsigned long long)hs->skipped);
+    header(f, "breakwater_health_probes_inflight", "gauge", "Health probes open right now.");
+    fprintf(f, "breakwater_health_probes_inflight %u\n", hs->inflight);
+}
+
+char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms, const gw_health_stats_t *hs)
 {
     const gw_config_t *cfg = rt->cfg;
     gw_stats_t *st = rt->stats;
@@ -327,6 +342,8 @@ char *gw_metrics_render(const gw_runtime_t *rt, uint64_t now_ms)
     render_supervision(f, rt);
     render_breakers(f, rt, now_ms);
     render_ratelimits(f, rt);
+    if (hs != NULL)
+        render_health(f, hs);
     if (fclose(f) != 0) {
         free(out);
         return NULL;
