@@ -111,7 +111,7 @@ static void healthy_probe_ends_an_ejection(void **state)
     gw_health_check_config_t c = hc(2, 2);
     gw_host_state_t hs = {.passes = 5, .probed = 1, .ejected_until_ms = 30000};
     assert_int_equal(gw_health_record(&hs, &c, true, 1000), GW_HEALTH_UNEJECTED);
-    assert_int_equal(hs.ejected_until_ms, 0);
+    assert_true(hs.ejected_until_ms <= 1000); /* over (the owner then reports host_restored) */
     assert_int_equal(hs.down, 0);
 
     /* a down host that comes up while ejected: both at once */
@@ -652,7 +652,7 @@ static bool host0_down(fixture_t *f)
 
 static bool host0_up_and_unejected(fixture_t *f)
 {
-    return hstate(f, 0, 0)->down == 0 && hstate(f, 0, 0)->ejected_until_ms == 0;
+    return hstate(f, 0, 0)->down == 0 && hstate(f, 0, 0)->ejected_until_ms <= uv_now(&f->loop);
 }
 
 static void probe_sends_the_request_and_marks_down_then_up(void **state)
