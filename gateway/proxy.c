@@ -258,7 +258,6 @@ static void finish(exchange_t *ex, gw_outcome_kind_t kind, bool conn_reusable)
 
     uv_close((uv_handle_t *)&ex->timer, on_timer_close);
     if (ex->conn != NULL) {
-        uv_read_stop((uv_stream_t *)&ex->conn->tcp);
         if (conn_reusable)
             gw_conn_release(ex->conn);
         else
@@ -320,11 +319,10 @@ static void arm_body_timer(exchange_t *ex)
 
 static void on_proceed(h2o_generator_t *gen, h2o_req_t *req);
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req);
-static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_upstream_read(gw_conn_t *c, ssize_t nread);
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *out)
+static void alloc_cb(gw_conn_t *c, uv_buf_t *out)
 {
-    gw_conn_t *c = h->data;
     exchange_t *ex = c->owner;
     out->base = ex->buf + ex->buf_len;
     out->len = GW_BUF_SIZE - ex->buf_len;
@@ -397,7 +395,7 @@ static bool handle_body(exchange_t *ex, size_t off, size_t len)
     ex->buf_len = 0; /* the next read starts at the buffer's beginning again */
     if (len == 0)
         return true;
-    uv_read_stop((uv_stream_t *)&ex->conn->tcp);
+    gw_conn_pause(ex->conn);
     uv_timer_stop(&ex->timer);
     send_to_client(ex, ex->buf + off, len, H2O_SEND_STATE_IN_PROGRESS);
     return false;
@@ -441,22 +439,21 @@ static void handle_head(exchange_t *ex)
 
 static void retry_or_fail(exchange_t *ex, const char *detail);
 
-static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void on_upstream_read(gw_conn_t *c, ssize_t nread)
 {
-    gw_conn_t *c = s->data;
     exchange_t *ex = c->owner;
-    if (nread == 0 || ex == NULL)
-        return;
     ex->refs++;
     GUARD_EX(ex);
     if (nread > 0) {
         ex->buf_len += (size_t)nread;
-        if (ex->state == EX_WAITING_HEAD)
+        if (ex->state == EX_WAITING_HEAD) {
             handle_head(ex);
-        else if (ex->state == EX_STREAMING) {
+        } else if (ex->state == EX_STREAMING) {
             arm_body_timer(ex);
             if (handle_body(ex, 0, ex->buf_len))
                 ex->buf_len = 0;
+        } else { /* bytes before we asked for anything */
+            fail(ex, GW_OUTCOME_RESET, "unsolicited data from the upstream");
         }
     } else if (ex->state == EX_WAITING_HEAD) {
         if (ex->buf_len == 0)
@@ -482,7 +479,7 @@ static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
     ex->waiting_proceed = false;
     if (ex->state == EX_STREAMING && ex->conn != NULL) {
         arm_body_timer(ex);
-        uv_read_start((uv_stream_t *)&ex->conn->tcp, alloc_cb, on_upstream_read);
+        gw_conn_resume(ex->conn);
     }
 }
 
@@ -612,9 +609,7 @@ static void send_request(exchange_t *ex)
     int r = uv_write(&ex->write_req, (uv_stream_t *)&ex->conn->tcp, bufs, nbufs, on_write);
     if (r == 0)
         ex->refs++;
-    if (r == 0)
-        r = uv_read_start((uv_stream_t *)&ex->conn->tcp, alloc_cb, on_upstream_read);
-    if (r != 0)
+    else
         retry_or_fail(ex, uv_strerror(r));
 }
 
@@ -696,7 +691,6 @@ static void retry_or_fail(exchange_t *ex, const char *detail)
 {
     bool stale = ex->conn != NULL && ex->conn->reused;
     if (stale && ex->attempts == 1 && ex->req != NULL && is_idempotent(ex->req->method)) {
-        uv_read_stop((uv_stream_t *)&ex->conn->tcp);
         gw_conn_close(ex->conn, false);
         ex->conn = NULL;
         GW_STAT_ADD(ex->up->stats->retries, 1);
@@ -1073,4 +1067,5 @@ void gw_proxy_register(gw_worker_t *w, h2o_pathconf_t *pathconf)
     proxy_handler_t *h = (proxy_handler_t *)h2o_create_handler(pathconf, sizeof(*h));
     h->super.on_req = on_req;
     h->w = w;
+    gw_upstreams_set_reader(&w->upstreams, alloc_cb, on_upstream_read);
 }

@@ -96,7 +96,6 @@ void gw_conn_close(gw_conn_t *c, bool abortive)
         return;
     if (c->state == GW_CONN_IDLE) {
         unlink_idle(c);
-        uv_read_stop((uv_stream_t *)&c->tcp);
     } else {
         GW_STAT_ADD(c->host->up->stats->conn_active, -1);
     }
@@ -155,6 +154,54 @@ gw_host_t *gw_upstream_pick(gw_upstream_t *up, const gw_upstate_t *state, uint64
     return NULL;
 }
 
+void gw_upstreams_set_reader(gw_upstreams_t *u, gw_conn_alloc_cb alloc, gw_conn_read_cb read)
+{
+    u->owner_alloc = alloc;
+    u->owner_read = read;
+}
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char scratch[64]; /* bytes on an idle connection are discarded anyway */
+    gw_conn_t *c = h->data;
+    if (c->owner != NULL) {
+        c->host->up->all->owner_alloc(c, buf);
+        return;
+    }
+    buf->base = scratch;
+    buf->len = sizeof(scratch);
+}
+
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    gw_conn_t *c = s->data;
+    if (nread == 0 || c->state == GW_CONN_CLOSING)
+        return;
+    if (c->owner != NULL) {
+        c->host->up->all->owner_read(c, nread);
+        return;
+    }
+    /* idle: EOF, an error, or bytes nobody asked for: this connection can't be trusted again */
+    gw_conn_close(c, nread > 0);
+}
+
+void gw_conn_pause(gw_conn_t *c)
+{
+    if (!c->paused && c->state == GW_CONN_ACTIVE) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->paused = true;
+    }
+}
+
+void gw_conn_resume(gw_conn_t *c)
+{
+    if (c->paused && c->state != GW_CONN_CLOSING) {
+        c->paused = false;
+        if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read) != 0)
+            gw_conn_close(c, false);
+    }
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     gw_conn_t *c = req->data;
@@ -163,7 +210,9 @@ static void on_connect(uv_connect_t *req, int status)
     if (status == 0) {
         c->state = GW_CONN_ACTIVE;
         GW_STAT_ADD(c->host->up->stats->conn_opened, 1);
-    } else {
+        status = uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
+    }
+    if (status != 0) {
         GW_STAT_ADD(c->host->up->stats->conn_failed, 1);
     }
     c->on_connect(c, status);
@@ -176,7 +225,6 @@ int gw_conn_acquire(gw_host_t *host, void *owner, gw_conn_connect_cb cb, gw_conn
     *ready = c != NULL;
     if (c != NULL) {
         unlink_idle(c);
-        uv_read_stop((uv_stream_t *)&c->tcp);
         c->state = GW_CONN_ACTIVE;
         c->reused = true;
         c->owner = owner;
@@ -216,30 +264,18 @@ int gw_conn_connect(gw_host_t *host, void *owner, gw_conn_connect_cb cb, gw_conn
     return 0;
 }
 
-static void idle_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    static char scratch[64]; /* bytes on an idle connection are discarded anyway */
-    buf->base = scratch;
-    buf->len = sizeof(scratch);
-}
-
-static void idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    if (nread == 0)
-        return;
-    /* EOF, an error, or bytes nobody asked for: this connection can't be trusted again */
-    gw_conn_close(s->data, nread > 0);
-}
-
 void gw_conn_release(gw_conn_t *c)
 {
     gw_host_t *host = c->host;
     gw_upstreams_t *u = host->up->all;
-    if (u->closing || host->nidle >= GW_POOL_MAX_IDLE ||
-        uv_read_start((uv_stream_t *)&c->tcp, idle_alloc, idle_read) != 0) {
+    if (u->closing || host->nidle >= GW_POOL_MAX_IDLE) {
         gw_conn_close(c, false);
         return;
     }
+    c->owner = NULL;
+    gw_conn_resume(c);
+    if (c->state == GW_CONN_CLOSING)
+        return;
     GW_STAT_ADD(host->up->stats->conn_active, -1);
     GW_STAT_ADD(host->up->stats->conn_idle, 1);
     c->state = GW_CONN_IDLE;

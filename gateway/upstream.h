@@ -36,6 +36,12 @@ typedef struct gw_conn gw_conn_t;
 typedef struct gw_upstreams gw_upstreams_t;
 typedef struct gw_upstream gw_upstream_t;
 
+/* How the owner of a connection gets its bytes: one pair per worker, installed once with
+ * gw_upstreams_set_reader(). alloc gives the buffer to read into; read gets nread (> 0 bytes,
+ * or a negative libuv error / UV_EOF). Called only while the connection has an owner. */
+typedef void (*gw_conn_alloc_cb)(gw_conn_t *c, uv_buf_t *buf);
+typedef void (*gw_conn_read_cb)(gw_conn_t *c, ssize_t nread);
+
 typedef struct gw_host {
     gw_upstream_t *up;
     const gw_addr_t *addr;
@@ -57,6 +63,8 @@ struct gw_upstream {
 
 struct gw_upstreams {
     uv_loop_t *loop;
+    gw_conn_alloc_cb owner_alloc;
+    gw_conn_read_cb owner_read;
     gw_upstream_t *ups;
     size_t n;
     uv_timer_t sweep;
@@ -75,6 +83,7 @@ struct gw_conn {
     uint64_t idle_since_ms;
     enum { GW_CONN_CONNECTING = 0, GW_CONN_ACTIVE, GW_CONN_IDLE, GW_CONN_CLOSING } state;
     bool reused; /* it served a request before the current one */
+    bool paused; /* reading stopped for backpressure (gw_conn_pause) */
     void *owner; /* the exchange while active */
     gw_conn_connect_cb on_connect;
 };
@@ -83,6 +92,9 @@ struct gw_conn {
  * tests. Returns 0 or a negative libuv error. */
 int gw_upstreams_init(gw_upstreams_t *u, uv_loop_t *loop, const gw_config_t *cfg, gw_stats_t *stats,
                       uint32_t worker);
+
+/* Installs the callbacks through which connection owners receive data. */
+void gw_upstreams_set_reader(gw_upstreams_t *u, gw_conn_alloc_cb alloc, gw_conn_read_cb read);
 
 /* Closes every idle connection and the sweep timer. Active connections stay with their
  * exchanges, which close them when they finish. */
@@ -107,9 +119,14 @@ int gw_conn_acquire(gw_host_t *host, void *owner, gw_conn_connect_cb on_connect,
 int gw_conn_connect(gw_host_t *host, void *owner, gw_conn_connect_cb on_connect, gw_conn_t **out);
 
 /* The exchange is done with a connection whose last response was complete and keep-alive: it
- * goes back to the idle pool (or is closed when the pool is full or shutting down). The caller
- * must have stopped reading. */
+ * goes back to the idle pool (or is closed when the pool is full or shutting down). */
 void gw_conn_release(gw_conn_t *c);
+
+/* Backpressure: stop reading until gw_conn_resume(). Connections otherwise read all the time
+ * (an idle one to notice the upstream closing it), which saves two epoll_ctl calls per request
+ * compared with stopping and starting reads as a connection changes hands. */
+void gw_conn_pause(gw_conn_t *c);
+void gw_conn_resume(gw_conn_t *c);
 
 /* Closes a connection (any state); `abortive` sends RST instead of FIN. */
 void gw_conn_close(gw_conn_t *c, bool abortive);

@@ -15,6 +15,7 @@ packages=(
     python3 python3-pytest              # integration tests
     curl sqlite3 iproute2 procps nftables
     wrk                                 # reload-under-load test (drives a steady load)
+    gnuplot-nox                         # chaos/plot.sh timelines
 )
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(nghttp2-client nginx-light)
