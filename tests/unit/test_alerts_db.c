@@ -360,7 +360,8 @@ static void fresh_dir_is_created_in_wal_exclusive_mode_at_latest_version(void **
     assert_true(table_exists(c, "events"));
     assert_true(table_exists(c, "meta"));
     assert_true(table_exists(c, "events_ts_ms"));
-    assert_false(table_exists(c, "alerts"));
+    assert_true(table_exists(c, "alerts")); /* 0002 */
+    assert_true(table_exists(c, "deliveries"));
     q_text(c, "SELECT value FROM meta WHERE key = 'instance_id'", text, sizeof(text));
     assert_int_equal(strlen(text), 32);
     assert_true(q_int(c, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'created_at_ms'") >

@@ -1,0 +1,588 @@
+/* test_alerts_outbox.c - alerts/outbox.c: the durable outbox the sender drives.
+ *
+ * Claiming due deliveries with a lease, the send-time re-check, recording attempt results, the
+ * retry schedule (exponential backoff with equal jitter, Retry-After, max_attempts, max_age),
+ * ambiguous attempts (retried on P0/P1, final on P2), expired leases and restarts, stable
+ * delivery ids, per alert+channel ordering, delivery_failing, and the payload handed to the sender.
+ *
+ * Real SQLite files in mkdtemp() directories opened with al_db_open(); configs loaded with
+ * gw_config_load_string(); injected clock and random source (a counter: its low values put the
+ * jitter at the bottom of its range, delay = base/2; "high" mode counts down from UINT64_MAX and
+ * puts it at the top, delay = base).
+ */
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "alerts.h"
+#include "config.h"
+#include "db.h"
+
+#define T0 1767225600000ULL /* 2026-01-01T00:00:00Z */
+#define SEC 1000ULL
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+#define NEVER UINT64_MAX
+
+#define HEAD                                                                                       \
+    "upstreams:\n  u: { hosts: [\"127.0.0.1:9001\"] }\n"                                           \
+    "routes:\n  - { name: r, match: { path_prefix: / }, upstream: u }\n"                           \
+    "alerts:\n  channels:\n    chat: { type: console }\n    pager: { type: console }\n"            \
+    "    phone: { type: console }\n"                                                               \
+    "  tiers:\n    P0: { channels: [phone, pager], repeat: 5m }\n"                                 \
+    "    P1: { channels: [chat, pager], escalate_after: 15m }\n"                                   \
+    "    P2: { channels: [chat], escalate_after: 1h }\n"
+
+#define BREAKER(u) "{\"upstream\":\"" u "\",\"reason\":\"trial_failed\"}"
+#define UPS(u) "{\"upstream\":\"" u "\"}"
+#define HOST(u, h) "{\"upstream\":\"" u "\",\"host\":\"" h "\"}"
+
+typedef struct trng {
+    uint64_t n;
+    bool high;
+} trng_t;
+
+static uint64_t test_random(void *ctx)
+{
+    trng_t *t = ctx;
+    uint64_t v = t->n++;
+    return t->high ? UINT64_MAX - v : v;
+}
+
+typedef struct fx {
+    char dir[64];
+    al_db_t *db;
+    gw_config_t *cfg;
+    al_engine_t *e;
+    trng_t rng;
+    al_engine_options_t opt;
+} fx_t;
+
+static void fx_open(fx_t *f)
+{
+    char err[256];
+
+    assert_int_equal(al_db_open(f->dir, &f->db, err, sizeof(err)), 0);
+    assert_int_equal(al_engine_new(f->db, &f->cfg->alerts, &f->opt, &f->e), 0);
+}
+
+static void fx_close(fx_t *f)
+{
+    al_engine_free(f->e);
+    al_db_close(f->db);
+    f->e = NULL;
+    f->db = NULL;
+}
+
+static fx_t *fx_new(const char *extra, uint32_t failing_after)
+{
+    fx_t *f = calloc(1, sizeof(*f));
+    char *yaml = NULL;
+    gw_diag_t d;
+    int r;
+
+    assert_non_null(f);
+    snprintf(f->dir, sizeof(f->dir), "/tmp/bw_test_outbox.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    assert_true(asprintf(&yaml, "%s%s", HEAD, extra) > 0);
+    gw_diag_init(&d);
+    r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &f->cfg, &d);
+    for (size_t i = 0; i < d.n; i++)
+        print_message("config: %s\n", d.items[i]);
+    gw_diag_dispose(&d);
+    free(yaml);
+    assert_int_equal(r, 0);
+    f->opt.random = test_random;
+    f->opt.random_ctx = &f->rng;
+    f->opt.source = "breakwater@test";
+    f->opt.failing_after = failing_after;
+    fx_open(f);
+    return f;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int teardown(void **state)
+{
+    fx_t *f = *state;
+
+    fx_close(f);
+    gw_config_free(f->cfg);
+    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static int setup(void **state)
+{
+    *state = fx_new("", 100);
+    return 0;
+}
+
+static int setup_failing(void **state)
+{
+    *state =
+        fx_new("  delivery: { max_attempts: 3, max_age: 24h, backoff: 1s, max_backoff: 5m }\n", 0);
+    return 0;
+}
+
+static int setup_short_age(void **state)
+{
+    *state = fx_new("  delivery: { max_age: 10s, backoff: 1s, max_backoff: 5m }\n", 100);
+    return 0;
+}
+
+/* Runs sqlite3_mprintf(fmt, ...) and returns the first column (-1 for NULL or no row). */
+static int64_t q_int(fx_t *f, const char *fmt, ...)
+{
+    sqlite3_stmt *st = NULL;
+    char *sql;
+    va_list ap;
+    int64_t v = -1;
+
+    va_start(ap, fmt);
+    sql = sqlite3_vmprintf(fmt, ap);
+    va_end(ap);
+    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_free(sql);
+    return v;
+}
+
+static void assert_text(fx_t *f, const char *want, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    char *got = NULL;
+    bool same;
+
+    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
+        got = strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st); /* before any assert: a failing test must still close the database */
+    same = got != NULL && strcmp(got, want) == 0;
+    if (!same)
+        print_message("query: %s\n  got: %s\n want: %s\n", sql, got ? got : "(null)", want);
+    free(got);
+    assert_true(same);
+}
+
+static void ev(fx_t *f, const char *kind, const char *fields, uint64_t now)
+{
+    assert_int_equal(al_engine_event(f->e, kind, -1, fields, now), 0);
+}
+
+static size_t claim(fx_t *f, uint64_t now, al_delivery_t *d, size_t max)
+{
+    size_t n = 99;
+
+    assert_int_equal(al_outbox_claim(f->e, now, d, max, &n), 0);
+    return n;
+}
+
+static void record(fx_t *f, al_delivery_t *d, al_send_result_t res, int status, uint64_t ra,
+                   uint64_t now)
+{
+    al_attempt_t a = {res, status, ra, res == AL_SEND_OK ? NULL : "boom"};
+
+    assert_int_equal(al_outbox_record(f->e, d, &a, now), 0);
+}
+
+static void dispose(al_delivery_t *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        al_delivery_dispose(&d[i]);
+}
+
+/* ---- the schedule ---- */
+
+static void backoff_doubles_with_equal_jitter_up_to_the_cap(void **state)
+{
+    gw_delivery_config_t dc = {0, 24 * HOUR, 1000, 300000};
+    const uint64_t low[] = {500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 150000};
+    (void)state;
+    for (uint32_t a = 1; a <= 10; a++) {
+        assert_int_equal(al_outbox_backoff_ms(&dc, a, 0), low[a - 1]);
+        assert_int_equal(al_outbox_backoff_ms(&dc, a, UINT64_MAX), 2 * low[a - 1]);
+        /* the middle of the random range lands in the middle of [base/2, base] */
+        uint64_t mid = al_outbox_backoff_ms(&dc, a, UINT64_MAX / 2);
+        assert_true(mid >= low[a - 1] && mid <= 2 * low[a - 1]);
+        assert_true(mid > low[a - 1] + low[a - 1] / 4 && mid < 2 * low[a - 1] - low[a - 1] / 4);
+    }
+    /* huge attempt numbers never overflow: capped at max_backoff */
+    assert_int_equal(al_outbox_backoff_ms(&dc, 4000000000u, UINT64_MAX), 300000);
+    assert_int_equal(al_outbox_backoff_ms(&dc, 0, 0), 500);
+}
+
+static void retries_follow_the_backoff_and_honour_retry_after(void **state)
+{
+    fx_t *f = *state;
+    const uint64_t delays[] = {500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 150000};
+    al_delivery_t d[2];
+    uint64_t now = T0, next;
+    char id0[37];
+
+    ev(f, "host_down", HOST("users", "a:1"), T0); /* P2: one delivery, to chat */
+    assert_int_equal(claim(f, now, d, 2), 1);
+    memcpy(id0, d[0].delivery_id, sizeof(id0));
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(d[0].attempt, (uint32_t)i + 1);
+        assert_string_equal(d[0].delivery_id, id0); /* stable across attempts */
+        record(f, &d[0], AL_SEND_RETRY, 503, 0, now);
+        dispose(d, 1);
+        assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + delays[i]);
+        assert_int_equal(al_outbox_next_due(f->e, &next), 0);
+        assert_int_equal(next, now + delays[i]);
+        assert_int_equal(claim(f, now + delays[i] - 1, d, 2), 0);
+        now += delays[i];
+        assert_int_equal(claim(f, now, d, 2), 1);
+    }
+    /* Retry-After is a floor: 10 min although the backoff says 150 s */
+    record(f, &d[0], AL_SEND_RETRY, 429, 600 * SEC, now);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + 600 * SEC);
+    now += 600 * SEC;
+    assert_int_equal(claim(f, now, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 429, 1 * SEC, now); /* shorter than the backoff: backoff */
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + 150 * SEC);
+    assert_text(f, "pending|429|boom",
+                "SELECT status || '|' || last_code || '|' || last_error FROM deliveries");
+    /* the jitter's top end */
+    f->rng.high = true;
+    now += 150 * SEC;
+    assert_int_equal(claim(f, now, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 500, 0, now);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + 300 * SEC);
+    /* and finally it goes through */
+    now += 300 * SEC;
+    assert_int_equal(claim(f, now, d, 2), 1);
+    record(f, &d[0], AL_SEND_OK, 200, 0, now);
+    dispose(d, 1);
+    assert_text(f, "sent", "SELECT status FROM deliveries");
+    assert_int_equal(q_int(f, "SELECT attempts FROM deliveries"), 14);
+    assert_int_equal(q_int(f, "SELECT finished_at FROM deliveries"), now);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'"), 14);
+}
+
+static void max_attempts_fails_and_raises_delivery_failing(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    uint64_t now = T0;
+
+    ev(f, "host_down", HOST("users", "a:1"), T0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(claim(f, now, d, 1), 1);
+        record(f, &d[0], AL_SEND_RETRY, 500, 0, now);
+        dispose(d, 1);
+        now += 10 * SEC;
+    }
+    assert_text(f, "failed|3", "SELECT status || '|' || attempts FROM deliveries WHERE id = 1");
+    assert_text(f, "max_attempts",
+                "SELECT json_extract(detail, '$.reason') FROM alert_history WHERE kind = "
+                "'delivery' ORDER BY id DESC LIMIT 1");
+    /* the channel is failing: an engine alert on the delivery_failing rule's tier (P1) */
+    assert_text(f, "delivery_failing{channel=\"chat\"}|1|engine",
+                "SELECT dedup_key || '|' || tier || '|' || source FROM alerts WHERE id = 2");
+    assert_text(f, "Alert deliveries to channel 'chat' are failing: HTTP 500, boom (3 attempts)",
+                "SELECT summary FROM alerts WHERE id = 2");
+    /* a later success on chat resolves it */
+    assert_int_equal(claim(f, now, d, 4), 2); /* its own notifications: chat, pager */
+    record(f, &d[0], AL_SEND_OK, 200, 0, now);
+    record(f, &d[1], AL_SEND_OK, 200, 0, now);
+    dispose(d, 2);
+    assert_text(f, "resolved delivery_failing_cleared",
+                "SELECT status || ' ' || resolved_by FROM alerts WHERE id = 2");
+}
+
+static void max_age_ends_retries(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[1];
+    uint64_t now = T0;
+
+    ev(f, "host_down", HOST("users", "a:1"), T0);
+    /* delays 500, 1000, 2000, 4000: the 5th would land past created_at + 10 s */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(claim(f, now, d, 1), 1);
+        record(f, &d[0], AL_SEND_RETRY, 502, 0, now);
+        dispose(d, 1);
+        now = (uint64_t)q_int(f, "SELECT next_attempt_at FROM deliveries");
+    }
+    assert_int_equal(now, T0 + 7500);
+    assert_int_equal(claim(f, now, d, 1), 1);
+    record(f, &d[0], AL_SEND_RETRY, 502, 0, now);
+    dispose(d, 1);
+    assert_text(f, "failed", "SELECT status FROM deliveries");
+    assert_text(f, "max_age",
+                "SELECT json_extract(detail, '$.reason') FROM alert_history WHERE kind = "
+                "'delivery' ORDER BY id DESC LIMIT 1");
+    /* a Retry-After beyond max_age fails at once too */
+    ev(f, "host_down", HOST("users", "b:1"), now);
+    assert_int_equal(claim(f, now, d, 1), 1);
+    record(f, &d[0], AL_SEND_RETRY, 503, 11 * SEC, now);
+    dispose(d, 1);
+    assert_text(f, "failed", "SELECT status FROM deliveries WHERE id = 2");
+}
+
+static void permanent_failure_is_final(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[1];
+
+    ev(f, "host_down", HOST("users", "a:1"), T0);
+    assert_int_equal(claim(f, T0, d, 1), 1);
+    record(f, &d[0], AL_SEND_PERMANENT, 400, 0, T0);
+    dispose(d, 1);
+    assert_text(f, "failed|1|400",
+                "SELECT status || '|' || attempts || '|' || last_code FROM "
+                "deliveries WHERE id = 1");
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 1);
+}
+
+static void ambiguous_attempts_retry_p0_p1_and_end_p2(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[8];
+    size_t n;
+
+    ev(f, "no_healthy_hosts", UPS("users"), T0);       /* P0: phone, pager */
+    ev(f, "breaker_open", BREAKER("users"), T0);       /* P1: chat, pager */
+    ev(f, "host_down", HOST("orders", "z:1"), T0 + 1); /* P2: chat */
+    n = claim(f, T0 + 2, d, 8);
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++)
+        record(f, &d[i], AL_SEND_AMBIGUOUS, 0, 0, T0 + 3);
+    dispose(d, n);
+    assert_text(f, "pending,pending,pending,pending,ambiguous",
+                "SELECT group_concat(status, ',') FROM (SELECT status FROM deliveries ORDER BY "
+                "id)");
+    /* a P2 that may have been delivered still gets its resolved notification */
+    ev(f, "host_up", HOST("orders", "z:1"), T0 + MIN);
+    assert_int_equal(
+        q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'resolved' AND channel = 'chat'"),
+        1);
+}
+
+static void expired_lease_is_an_ambiguous_attempt_and_late_results_are_refused(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4], again[4];
+    al_attempt_t ok = {AL_SEND_OK, 200, 0, NULL};
+
+    ev(f, "breaker_open", BREAKER("users"), T0); /* P1: chat, pager */
+    assert_int_equal(claim(f, T0, d, 4), 2);
+    assert_int_equal(d[0].lease_until_ms, T0 + 60 * SEC);
+    assert_int_equal(claim(f, T0 + 60 * SEC - 1, again, 4), 0);
+    /* the sender never reported: at lease end both become ambiguous attempts, retried (P1) */
+    assert_int_equal(claim(f, T0 + 60 * SEC, again, 4), 0);
+    assert_text(f, "pending,pending",
+                "SELECT group_concat(status, ',') FROM (SELECT status FROM deliveries ORDER BY "
+                "id)");
+    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries WHERE id = 1"),
+                     T0 + 60 * SEC + 500);
+    assert_text(f, "lease expired: the sender did not report a result",
+                "SELECT json_extract(detail, '$.error') FROM alert_history WHERE kind = "
+                "'delivery' LIMIT 1");
+    /* the old claim's late result is refused; the new claim's is taken */
+    assert_int_equal(al_outbox_record(f->e, &d[0], &ok, T0 + 60 * SEC + 1), AL_ESTALE);
+    assert_int_equal(al_outbox_check(f->e, &d[0], T0 + 60 * SEC + 1), 0);
+    assert_int_equal(claim(f, T0 + 61 * SEC, again, 4), 2);
+    assert_int_equal(again[0].attempt, 2);
+    assert_int_equal(al_outbox_record(f->e, &d[1], &ok, T0 + 61 * SEC), AL_ESTALE);
+    record(f, &again[0], AL_SEND_OK, 200, 0, T0 + 61 * SEC);
+    record(f, &again[1], AL_SEND_OK, 200, 0, T0 + 61 * SEC);
+    dispose(d, 2);
+    dispose(again, 2);
+    assert_text(f, "sent,sent",
+                "SELECT group_concat(status, ',') FROM (SELECT status FROM deliveries ORDER BY "
+                "id)");
+}
+
+static void restart_turns_in_flight_sends_into_ambiguous_attempts(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    size_t n;
+
+    ev(f, "breaker_open", BREAKER("users"), T0);       /* P1 */
+    ev(f, "host_down", HOST("orders", "z:1"), T0 + 1); /* P2 */
+    n = claim(f, T0 + 2, d, 4);
+    assert_int_equal(n, 3);
+    dispose(d, n);
+    fx_close(f); /* crash while sending */
+    fx_open(f);
+    assert_int_equal(al_engine_start(f->e, T0 + 5 * SEC), 0);
+    assert_text(f, "pending,pending,ambiguous",
+                "SELECT group_concat(status, ',') FROM (SELECT status FROM deliveries ORDER BY "
+                "id)");
+    assert_int_equal(claim(f, T0 + 5 * SEC + 500, d, 4), 2);
+    assert_string_equal(d[0].channel, "chat");
+    assert_int_equal(d[0].attempt, 2);
+    dispose(d, 2);
+}
+
+static void delivery_ids_are_stable_unique_uuids(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    size_t n;
+
+    ev(f, "breaker_open", BREAKER("users"), T0);
+    n = claim(f, T0, d, 4);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        const char *u = d[i].delivery_id;
+        assert_int_equal(strlen(u), 36);
+        for (int j = 0; j < 36; j++) {
+            if (j == 8 || j == 13 || j == 18 || j == 23)
+                assert_int_equal(u[j], '-');
+            else
+                assert_non_null(strchr("0123456789abcdef", u[j]));
+        }
+        assert_int_equal(u[14], '4');
+        assert_non_null(strchr("89ab", u[19]));
+    }
+    assert_string_not_equal(d[0].delivery_id, d[1].delivery_id);
+    assert_int_equal(
+        q_int(f, "SELECT count(*) FROM deliveries WHERE delivery_id = '%q'", d[0].delivery_id), 1);
+    dispose(d, n);
+}
+
+static void resolved_waits_for_its_firing_in_flight_on_the_same_channel(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4], r[4];
+
+    ev(f, "breaker_open", BREAKER("users"), T0);
+    assert_int_equal(claim(f, T0, d, 4), 2); /* firing: chat, pager (sending) */
+    ev(f, "breaker_closed", UPS("users"), T0 + 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'"), 2);
+    assert_int_equal(claim(f, T0 + 2, r, 4), 0);
+    /* the firing message to chat lands: now chat's resolved may go, pager's still waits */
+    assert_string_equal(d[0].channel, "chat");
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 3);
+    assert_int_equal(claim(f, T0 + 4, r, 4), 1);
+    assert_string_equal(r[0].channel, "chat");
+    assert_int_equal(r[0].kind, AL_NOTIFY_RESOLVED);
+    assert_int_equal(al_outbox_check(f->e, &r[0], T0 + 4), 1); /* resolved: always wanted */
+    /* pager's firing is re-checked before sending: the alert resolved meanwhile, so it is not
+     * sent, and pager's resolved notification goes with it (pager never heard of the alert) */
+    assert_int_equal(al_outbox_check(f->e, &d[1], T0 + 5), 0);
+    assert_int_equal(claim(f, T0 + 6, r + 1, 3), 0);
+    assert_text(f, "chat:resolved:sending,pager:firing:cancelled,pager:resolved:cancelled",
+                "SELECT group_concat(x, ',') FROM (SELECT channel || ':' || kind || ':' || status "
+                "AS x FROM deliveries WHERE status <> 'sent' ORDER BY channel, kind)");
+    dispose(d, 2);
+    dispose(r, 1);
+}
+
+static void payload_has_the_webhook_shape(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    json_t *p, *a;
+
+    ev(f, "breaker_open", BREAKER("users"), T0 + 250);
+    assert_int_equal(claim(f, T0 + 250, d, 1), 1);
+    assert_string_equal(d[0].channel, "chat");
+    assert_int_equal(d[0].kind, AL_NOTIFY_FIRING);
+    assert_int_equal(d[0].tier, 1);
+    assert_int_equal(d[0].expires_at_ms, T0 + 250 + 24 * HOUR);
+    p = json_loads(d[0].payload_json, 0, NULL);
+    assert_non_null(p);
+    assert_string_equal(json_string_value(json_object_get(p, "version")), "1");
+    assert_string_equal(json_string_value(json_object_get(p, "delivery_id")), d[0].delivery_id);
+    assert_string_equal(json_string_value(json_object_get(p, "kind")), "firing");
+    assert_string_equal(json_string_value(json_object_get(p, "tier")), "P1");
+    assert_int_equal(json_array_size(json_object_get(p, "alerts")), 1);
+    a = json_array_get(json_object_get(p, "alerts"), 0);
+    assert_string_equal(json_string_value(json_object_get(a, "alert_id")), "1");
+    assert_string_equal(json_string_value(json_object_get(a, "delivery_id")), d[0].delivery_id);
+    assert_string_equal(json_string_value(json_object_get(a, "dedup_key")),
+                        "breaker_open{upstream=\"users\"}");
+    assert_string_equal(json_string_value(json_object_get(a, "status")), "firing");
+    assert_string_equal(json_string_value(json_object_get(a, "event")), "breaker_open");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(a, "labels"), "upstream")), "users");
+    assert_string_equal(json_string_value(json_object_get(a, "summary")),
+                        "Circuit breaker for upstream 'users' re-opened: a trial request failed");
+    assert_string_equal(json_string_value(json_object_get(a, "started_at")),
+                        "2026-01-01T00:00:00Z");
+    assert_int_equal(json_integer_value(json_object_get(a, "escalation_level")), 0);
+    assert_int_equal(json_integer_value(json_object_get(a, "count")), 1);
+    assert_string_equal(json_string_value(json_object_get(a, "source")), "breakwater@test");
+    json_decref(p);
+    dispose(d, 1);
+}
+
+static void next_due_and_depth_follow_the_rows(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    al_attempt_t bad = {(al_send_result_t)9, 0, 0, NULL};
+    uint64_t next = 0, depth = 9;
+
+    assert_int_equal(al_outbox_next_due(f->e, &next), 0);
+    assert_int_equal(next, NEVER);
+    assert_int_equal(al_outbox_depth(f->e, &depth), 0);
+    assert_int_equal(depth, 0);
+    ev(f, "breaker_open", BREAKER("users"), T0);
+    assert_int_equal(al_outbox_next_due(f->e, &next), 0);
+    assert_int_equal(next, T0);
+    assert_int_equal(al_outbox_depth(f->e, &depth), 0);
+    assert_int_equal(depth, 2);
+    assert_int_equal(claim(f, T0, d, 4), 2);
+    assert_int_equal(al_outbox_next_due(f->e, &next), 0);
+    assert_int_equal(next, T0 + 60 * SEC); /* the leases' end */
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 1);
+    record(f, &d[1], AL_SEND_OK, 200, 0, T0 + 1);
+    dispose(d, 2);
+    assert_int_equal(al_outbox_next_due(f->e, &next), 0);
+    assert_int_equal(next, NEVER);
+    assert_int_equal(al_outbox_depth(f->e, &depth), 0);
+    assert_int_equal(depth, 0);
+    assert_int_equal(al_outbox_record(f->e, &d[0], &bad, T0), AL_DB_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(backoff_doubles_with_equal_jitter_up_to_the_cap),
+        cmocka_unit_test_setup_teardown(retries_follow_the_backoff_and_honour_retry_after, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(max_attempts_fails_and_raises_delivery_failing,
+                                        setup_failing, teardown),
+        cmocka_unit_test_setup_teardown(max_age_ends_retries, setup_short_age, teardown),
+        cmocka_unit_test_setup_teardown(permanent_failure_is_final, setup_failing, teardown),
+        cmocka_unit_test_setup_teardown(ambiguous_attempts_retry_p0_p1_and_end_p2, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            expired_lease_is_an_ambiguous_attempt_and_late_results_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(restart_turns_in_flight_sends_into_ambiguous_attempts,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(delivery_ids_are_stable_unique_uuids, setup, teardown),
+        cmocka_unit_test_setup_teardown(resolved_waits_for_its_firing_in_flight_on_the_same_channel,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(payload_has_the_webhook_shape, setup, teardown),
+        cmocka_unit_test_setup_teardown(next_due_and_depth_follow_the_rows, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
