@@ -52,6 +52,17 @@ static void send_error(h2o_req_t *req, int status, const char *code, const char 
     send_json(req, status, json_pack("{s:s, s:s}", "error", code, "message", message));
 }
 
+void gw_admin_send_error(h2o_req_t *req, int status, const char *code, const char *message)
+{
+    send_error(req, status, code, message);
+}
+
+void gw_admin_kick(gw_admin_t *a)
+{
+    if (a->kick != NULL)
+        a->kick(a->kick_ctx);
+}
+
 /* Constant-time check of "Authorization: Bearer <token>". */
 static int authorized(const gw_admin_t *a, h2o_req_t *req)
 {
@@ -461,8 +472,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         send_error(req, 405, "method_not_allowed", "this endpoint takes GET");
     else if (path_is(req, "/api/v1/reload"))
         send_error(req, 405, "method_not_allowed", "this endpoint takes POST");
-    else if (has_prefix(req, "/api/v1/alerts") || has_prefix(req, "/api/v1/silences"))
-        send_error(req, 501, "not_implemented", "this admin endpoint is not implemented yet");
+    else if (gw_admin_alerts(a, req))
+        ; /* answered */
     else
         send_error(req, 404, "not_found", "no such admin endpoint");
     return 0;

@@ -27,7 +27,20 @@ typedef struct gw_admin {
     struct gw_owner *owner;   /* the breaker owner in this process */
     bool retiring;            /* this control process is being replaced: its database is closed */
     struct gw_health *health; /* the prober in this process (metrics) */
+    struct al_engine *engine; /* the alert engine; NULL until the database is open */
+    void (*kick)(void *ctx);  /* something may have become due for delivery */
+    void *kick_ctx;
 } gw_admin_t;
+
+/* Sends {"error": code, "message": message} with `status`. */
+void gw_admin_send_error(h2o_req_t *req, int status, const char *code, const char *message);
+
+/* Tells the delivery loop to look for due notifications (after acks, new alerts, ...). */
+void gw_admin_kick(gw_admin_t *a);
+
+/* The alert and silence endpoints (admin_alerts.c). Returns 1 when it answered the request (the
+ * path was one of them), 0 otherwise. */
+int gw_admin_alerts(gw_admin_t *a, h2o_req_t *req);
 
 /* Installs the admin handler on `pathconf`. */
 void gw_admin_register(gw_admin_t *a, h2o_pathconf_t *pathconf);

@@ -8,11 +8,14 @@
 #include "control.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "admin.h"
+#include "alerts.h"
 #include "health.h"
 #include "log.h"
 #include "owner.h"
@@ -20,6 +23,8 @@
 #define DRAIN_INTERVAL_MS 100
 #define DRAIN_BATCH 256
 #define STOP_WAIT_MS 5000
+#define ALERT_TICK_MAX_MS 1000 /* the engine is ticked at least this often */
+#define ALERT_TICK_MIN_MS 5
 #define DB_BUSY_TIMEOUT_MS 50
 
 typedef struct control {
@@ -27,7 +32,8 @@ typedef struct control {
     uv_loop_t loop;
     uv_tcp_t listener;
     uv_signal_t sig_term, sig_int;
-    uv_timer_t drain, db_retry;
+    uv_timer_t drain, db_retry, alert_tick;
+    al_engine_t *engine; /* NULL until the database is open */
     gw_log_limit_t drain_errors, db_errors;
     bool stopping;
     uint64_t stop_deadline_ms;
@@ -79,6 +85,44 @@ static void on_accept(uv_stream_t *listener, int status)
  * next control process reads the batch again. When the disk is full the batch is rolled back and
  * retried on the next tick; meanwhile the channel keeps the newest events (dropping the oldest).
  */
+static uint64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Runs the alert engine's due work (escalations, repeats, group_wait, retries of a failed
+ * store) and re-arms for its next deadline. */
+static void on_alert_tick(uv_timer_t *t)
+{
+    control_t *c = t->data;
+    if (c->engine == NULL)
+        return;
+    uint64_t now = unix_ms(), next = now + ALERT_TICK_MAX_MS;
+    int r = al_engine_tick(c->engine, now, &next);
+    if (r < 0)
+        gw_log_limited(&c->drain_errors, uv_now(&c->loop), GW_LOG_ERROR,
+                       "alert engine tick failed; will retry", "{s:s}", "error", al_strerror(r));
+    uint64_t wait = next > now ? next - now : 0;
+    if (wait > ALERT_TICK_MAX_MS)
+        wait = ALERT_TICK_MAX_MS;
+    uv_timer_start(t, on_alert_tick, wait < ALERT_TICK_MIN_MS ? ALERT_TICK_MIN_MS : wait, 0);
+    gw_admin_kick(&c->admin);
+}
+
+/* Something changed in the alert store: run the engine's due work soon. */
+static void alerts_changed(control_t *c)
+{
+    if (c->engine != NULL && !c->stopping)
+        uv_timer_start(&c->alert_tick, on_alert_tick, 0, 0);
+}
+
+static void kick_alerts(void *ctx)
+{
+    (void)ctx; /* the delivery loop hooks in here */
+}
+
 static void drain_events(control_t *c)
 {
     gw_events_t *ev = c->rt->events;
@@ -98,6 +142,19 @@ static void drain_events(control_t *c)
     }
     if (n > 0 && r == 0)
         r = al_eventlog_commit(c->admin.eventlog);
+    if (r == 0 && n > 0 && c->engine != NULL) {
+        /* second pass over the same events (not committed on the channel yet), now that the
+         * audit trail has them: the alert engine (each event is its own transaction there) */
+        gw_events_rewind(ev);
+        for (int i = 0; i < n && gw_events_next(ev, uv_now(&c->loop), e) == 1; i++) {
+            int er = al_engine_event(c->engine, e->kind, e->worker, e->fields, e->ts_ms);
+            if (er < 0 && er != AL_EBADINPUT)
+                gw_log_limited(&c->drain_errors, uv_now(&c->loop), GW_LOG_ERROR,
+                               "alert engine could not take an event", "{s:s, s:s}", "kind",
+                               e->kind, "error", al_strerror(er));
+        }
+        alerts_changed(c);
+    }
     if (r == 0) {
         gw_events_commit(ev);
     } else {
@@ -119,6 +176,10 @@ static void release_database(control_t *c)
 {
     gw_owner_drain(c->admin.owner);
     drain_events(c);
+    uv_timer_stop(&c->alert_tick);
+    al_engine_free(c->engine);
+    c->engine = NULL;
+    c->admin.engine = NULL;
     al_eventlog_close(c->admin.eventlog);
     al_db_close(c->admin.db);
     c->admin.eventlog = NULL;
@@ -156,6 +217,25 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_timer_start(&c->db_retry, on_stop_poll, 0, 20);
 }
 
+static void start_alert_engine(control_t *c)
+{
+    char host[128] = "localhost", source[160];
+    gethostname(host, sizeof(host) - 1);
+    snprintf(source, sizeof(source), "breakwater@%s", host);
+    al_engine_options_t opts = {.source = source};
+    int r = al_engine_new(c->admin.db, &c->rt->cfg->alerts, &opts, &c->engine);
+    if (r == 0)
+        r = al_engine_start(c->engine, unix_ms());
+    if (r != 0) {
+        gw_log(GW_LOG_ERROR, "cannot start the alert engine", "{s:s}", "error", al_strerror(r));
+        al_engine_free(c->engine);
+        c->engine = NULL;
+        return;
+    }
+    c->admin.engine = c->engine;
+    alerts_changed(c);
+}
+
 /*
  * Opens the database without blocking the loop for long: after a reload the previous control
  * process holds the exclusive lock until it has answered its last request, so a busy database is
@@ -183,6 +263,7 @@ static void on_db_retry(uv_timer_t *t)
         gw_log(GW_LOG_ERROR, "cannot prepare the event log", "{s:s}", "error", al_db_strerror(r));
         c->admin.eventlog = NULL;
     }
+    start_alert_engine(c);
 }
 
 int gw_control_main(const gw_runtime_t *rt, int admin_fd)
@@ -242,6 +323,10 @@ int gw_control_main(const gw_runtime_t *rt, int admin_fd)
     uv_timer_init(&c->loop, &c->db_retry);
     c->db_retry.data = c;
     uv_timer_start(&c->db_retry, on_db_retry, 0, 0);
+    uv_timer_init(&c->loop, &c->alert_tick);
+    c->alert_tick.data = c;
+    c->admin.kick = kick_alerts;
+    c->admin.kick_ctx = c;
     uv_timer_init(&c->loop, &c->drain);
     c->drain.data = c;
     uv_timer_start(&c->drain, on_drain, DRAIN_INTERVAL_MS, DRAIN_INTERVAL_MS);

@@ -79,6 +79,9 @@ static void on_transitions(gw_owner_t *o, size_t u, const br_transitions_t *tr)
         br_breaker_stats(&s->owner, now_ms(o), &st);
         double rate =
             st.window_calls > 0 ? (double)st.window_failures / (double)st.window_calls : 0.0;
+        /* the owner resets its consecutive count when it opens: report the run that tripped it */
+        if (t->reason == BR_REASON_CONSECUTIVE_FAILURES && st.consecutive_failures == 0)
+            st.consecutive_failures = o->rt->cfg->upstreams[u].breaker.consecutive_failures;
         char kind[GW_EVENT_KIND_MAX];
         snprintf(kind, sizeof(kind), "breaker_%s", br_state_name(t->to));
         gw_log(t->to == BR_STATE_OPEN ? GW_LOG_WARN : GW_LOG_INFO, "breaker transition",
