@@ -85,17 +85,34 @@ uint32_t gw_outq_drain(gw_outq_t *q, gw_outq_cb cb, void *ctx)
     uint64_t junk;
     ssize_t n = read(q->efd, &junk, sizeof(junk)); /* clear first: later pushes signal again */
     (void)n;
-    uint32_t total = 0;
+    /* snapshot every ring's published range, then a k-way merge on t_ns (k = workers, small) */
+    uint64_t tails[q->nworkers], heads[q->nworkers];
     for (uint32_t w = 0; w < q->nworkers; w++) {
-        ring_t *r = &q->rings[w];
-        uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_RELAXED);
-        uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
-        for (; tail != head; tail++, total++) {
-            gw_outq_rec_t rec = r->recs[tail % GW_OUTQ_SLOTS];
-            cb(ctx, w, &rec);
-        }
-        __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
+        tails[w] = __atomic_load_n(&q->rings[w].tail, __ATOMIC_RELAXED);
+        heads[w] = __atomic_load_n(&q->rings[w].head, __ATOMIC_ACQUIRE);
     }
+    uint32_t total = 0;
+    for (;;) {
+        uint32_t best = UINT32_MAX;
+        uint64_t best_t = UINT64_MAX;
+        for (uint32_t w = 0; w < q->nworkers; w++) {
+            if (tails[w] == heads[w])
+                continue;
+            uint64_t t = q->rings[w].recs[tails[w] % GW_OUTQ_SLOTS].t_ns;
+            if (best == UINT32_MAX || t < best_t) {
+                best = w;
+                best_t = t;
+            }
+        }
+        if (best == UINT32_MAX)
+            break;
+        gw_outq_rec_t rec = q->rings[best].recs[tails[best] % GW_OUTQ_SLOTS];
+        tails[best]++;
+        total++;
+        cb(ctx, best, &rec);
+    }
+    for (uint32_t w = 0; w < q->nworkers; w++)
+        __atomic_store_n(&q->rings[w].tail, tails[w], __ATOMIC_RELEASE);
     return total;
 }
 

@@ -28,6 +28,7 @@
 #define GW_OUTQ_POLL_MS 10
 
 typedef struct gw_outq_rec {
+    uint64_t t_ns;       /* monotonic time the call finished: the owner applies in this order */
     uint64_t generation; /* the breaker generation the call was admitted under */
     uint64_t latency_us;
     uint32_t upstream;
@@ -51,8 +52,10 @@ int gw_outq_fd(const gw_outq_t *q);
  * and counted). `urgent` also signals the eventfd. */
 bool gw_outq_push(gw_outq_t *q, uint32_t worker, const gw_outq_rec_t *rec, bool urgent);
 
-/* Consumer (one process). Calls `cb` for every published record of every ring, oldest first per
- * ring; returns how many it delivered. Also clears the eventfd. */
+/* Consumer (one process). Calls `cb` for every published record of every ring, merged across
+ * rings in t_ns order (each ring is already in order), so that the owner sees the outcomes of
+ * different workers in the order they happened; returns how many it delivered. Also clears the
+ * eventfd. */
 typedef void (*gw_outq_cb)(void *ctx, uint32_t worker, const gw_outq_rec_t *rec);
 uint32_t gw_outq_drain(gw_outq_t *q, gw_outq_cb cb, void *ctx);
 

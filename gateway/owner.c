@@ -9,6 +9,7 @@
 #include "owner.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +31,10 @@ typedef struct rlwatch {
 #define RLWATCH_SAMPLE_MS 1000
 
 struct gw_owner {
-    uv_loop_t *loop;
+    uv_loop_t loop; /* the owner's own, on its own thread */
+    pthread_t thread;
+    pthread_mutex_t mu; /* held for every change of breaker/host state and for every drain */
+    uv_async_t stop;
     rlwatch_t *rl; /* per route */
     uint64_t next_rl_sample_ms;
     const gw_runtime_t *rt;
@@ -38,12 +42,13 @@ struct gw_owner {
     uv_timer_t tick;
     bool *touched; /* per upstream: publish after this batch */
     uint64_t dropped;
-    int open_handles;
 };
 
+/* Monotonic ms, read fresh: the owner is called from two threads, so no loop's cached time. */
 static uint64_t now_ms(const gw_owner_t *o)
 {
-    return uv_now(o->loop);
+    (void)o;
+    return uv_hrtime() / 1000000;
 }
 
 bool gw_owner_active(const gw_owner_t *o)
@@ -124,9 +129,10 @@ static void outlier(gw_owner_t *o, size_t u, uint32_t host, br_outcome_kind_t ki
     if (++hs->consecutive_failures < oc->consecutive_failures || hs->ejected_until_ms > now)
         return;
     /* never more than max_ejected of the hosts (but at least one may go, as in Envoy) */
+    /* never more than max_ejected of the hosts: with one host nothing is ejected (the breaker
+     * already guards the whole upstream, and ejecting its only host would outlast the breaker's
+     * open period and starve the half-open trials) */
     uint64_t max = (uint64_t)s->nhosts * oc->max_ejected_ppm / GW_PPM_ONE;
-    if (oc->max_ejected_ppm > 0 && max == 0)
-        max = 1;
     if (ejected_now(s, now) >= max)
         return;
     hs->ejections++;
@@ -214,24 +220,42 @@ static void on_record(void *ctx, uint32_t worker, const gw_outq_rec_t *rec)
     o->touched[rec->upstream] = true;
 }
 
+/* Publishes one breaker, and whether any outcome could trip it now (see upstate.h). */
+static void publish(gw_owner_t *o, size_t u, uint64_t now)
+{
+    gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+    br_breaker_publish(&s->owner, &s->pub, now);
+    br_stats_t st;
+    br_breaker_stats(&s->owner, now, &st);
+    bool sensitive = st.state != BR_STATE_CLOSED || st.window_failures > 0 || st.window_slow > 0 ||
+                     st.consecutive_failures > 0;
+    GW_STAT_SET(s->sensitive, sensitive ? 1 : 0);
+}
+
 static void publish_touched(gw_owner_t *o)
 {
     for (size_t u = 0; u < o->rt->cfg->nupstreams; u++) {
         if (!o->touched[u])
             continue;
         o->touched[u] = false;
-        gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
-        br_breaker_publish(&s->owner, &s->pub, now_ms(o));
+        publish(o, u, now_ms(o));
     }
+}
+
+/* Call with the mutex held. */
+static void drain_locked(gw_owner_t *o)
+{
+    gw_outq_drain(o->rt->outq, on_record, o);
+    publish_touched(o);
 }
 
 void gw_owner_drain(gw_owner_t *o)
 {
     if (o == NULL)
         return;
-    uv_update_time(o->loop);
-    gw_outq_drain(o->rt->outq, on_record, o);
-    publish_touched(o);
+    pthread_mutex_lock(&o->mu);
+    drain_locked(o);
+    pthread_mutex_unlock(&o->mu);
 }
 
 static void on_poll(uv_poll_t *p, int status, int events)
@@ -290,21 +314,23 @@ static void watch_ratelimits(gw_owner_t *o, uint64_t now)
 static void on_tick(uv_timer_t *t)
 {
     gw_owner_t *o = t->data;
-    gw_owner_drain(o);
-    if (!gw_owner_active(o))
-        return;
-    uint64_t now = now_ms(o);
-    for (size_t u = 0; u < o->rt->cfg->nupstreams; u++) {
-        gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
-        if (br_breaker_next_deadline(&s->owner) <= now) {
-            br_transitions_t tr;
-            br_breaker_tick(&s->owner, now, &tr);
-            on_transitions(o, u, &tr);
+    pthread_mutex_lock(&o->mu);
+    drain_locked(o);
+    if (gw_owner_active(o)) {
+        uint64_t now = now_ms(o);
+        for (size_t u = 0; u < o->rt->cfg->nupstreams; u++) {
+            gw_upstate_t *s = gw_runtime_upstate(o->rt, u);
+            if (br_breaker_next_deadline(&s->owner) <= now) {
+                br_transitions_t tr;
+                br_breaker_tick(&s->owner, now, &tr);
+                on_transitions(o, u, &tr);
+            }
+            publish(o, u, now);
+            watch_hosts(o, u, now);
         }
-        br_breaker_publish(&s->owner, &s->pub, now);
-        watch_hosts(o, u, now);
+        watch_ratelimits(o, now);
     }
-    watch_ratelimits(o, now);
+    pthread_mutex_unlock(&o->mu);
 }
 
 int gw_owner_force(gw_owner_t *o, size_t upstream, const char *action)
@@ -320,15 +346,17 @@ int gw_owner_force(gw_owner_t *o, size_t upstream, const char *action)
         return -EINVAL;
     if (!gw_owner_active(o))
         return -EAGAIN;
-    gw_owner_drain(o);
+    pthread_mutex_lock(&o->mu);
+    drain_locked(o);
     gw_upstate_t *s = gw_runtime_upstate(o->rt, upstream);
     br_transitions_t tr;
     br_breaker_force(&s->owner, a, now_ms(o), &tr);
     on_transitions(o, upstream, &tr);
-    br_breaker_publish(&s->owner, &s->pub, now_ms(o));
+    publish(o, upstream, now_ms(o));
     emit(o, "breaker_override",
          json_pack("{s:s, s:s}", "upstream", o->rt->cfg->upstreams[upstream].name, "action",
                    action));
+    pthread_mutex_unlock(&o->mu);
     return 0;
 }
 
@@ -339,49 +367,80 @@ void gw_owner_host_health(gw_owner_t *o, size_t upstream, size_t host, bool up)
            "upstream", uc->name, "host", uc->hosts[host].text);
     emit(o, up ? "host_up" : "host_down",
          json_pack("{s:s, s:s}", "upstream", uc->name, "host", uc->hosts[host].text));
+    pthread_mutex_lock(&o->mu);
     if (gw_owner_active(o))
         watch_hosts(o, upstream, now_ms(o));
+    pthread_mutex_unlock(&o->mu);
 }
 
-gw_owner_t *gw_owner_new(uv_loop_t *loop, const gw_runtime_t *rt)
+static void on_stop(uv_async_t *a)
 {
+    gw_owner_t *o = a->data;
+    uv_close((uv_handle_t *)&o->poll, NULL);
+    uv_close((uv_handle_t *)&o->tick, NULL);
+    uv_close((uv_handle_t *)&o->stop, NULL);
+}
+
+static void *owner_thread(void *arg)
+{
+    gw_owner_t *o = arg;
+    uv_run(&o->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/*
+ * The owner runs on its own thread and loop: the control process's main loop also does blocking
+ * SQLite work (the audit trail, the alert engine, each commit an fsync), and a breaker must not
+ * wait behind a disk flush to open. A mutex serialises the owner's work with the admin API's
+ * calls into it (force, drain, host health); each hold is a few microseconds.
+ */
+gw_owner_t *gw_owner_new(uv_loop_t *main_loop, const gw_runtime_t *rt)
+{
+    (void)main_loop;
     gw_owner_t *o = calloc(1, sizeof(*o));
     bool *touched = calloc(rt->cfg->nupstreams + 1, sizeof(bool));
     rlwatch_t *rl = calloc(rt->cfg->nroutes + 1, sizeof(rlwatch_t));
-    if (o == NULL || touched == NULL || rl == NULL) {
+    if (o == NULL || touched == NULL || rl == NULL || uv_loop_init(&o->loop) != 0) {
         free(o);
         free(touched);
         free(rl);
         return NULL;
     }
+    pthread_mutex_init(&o->mu, NULL);
     o->rl = rl;
-    o->loop = loop;
     o->rt = rt;
     o->touched = touched;
-    uv_poll_init(loop, &o->poll, gw_outq_fd(rt->outq));
+    uv_poll_init(&o->loop, &o->poll, gw_outq_fd(rt->outq));
     o->poll.data = o;
     uv_poll_start(&o->poll, UV_READABLE, on_poll);
-    uv_timer_init(loop, &o->tick);
+    uv_timer_init(&o->loop, &o->tick);
     o->tick.data = o;
     uv_timer_start(&o->tick, on_tick, GW_OUTQ_POLL_MS, GW_OUTQ_POLL_MS);
-    o->open_handles = 2;
-    return o;
-}
-
-static void on_handle_closed(uv_handle_t *h)
-{
-    gw_owner_t *o = h->data;
-    if (--o->open_handles == 0) {
-        free(o->touched);
-        free(o->rl);
+    uv_async_init(&o->loop, &o->stop, on_stop);
+    o->stop.data = o;
+    if (pthread_create(&o->thread, NULL, owner_thread, o) != 0) {
+        uv_close((uv_handle_t *)&o->poll, NULL);
+        uv_close((uv_handle_t *)&o->tick, NULL);
+        uv_close((uv_handle_t *)&o->stop, NULL);
+        uv_run(&o->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&o->loop);
+        free(touched);
+        free(rl);
         free(o);
+        return NULL;
     }
+    return o;
 }
 
 void gw_owner_close(gw_owner_t *o)
 {
     if (o == NULL)
         return;
-    uv_close((uv_handle_t *)&o->poll, on_handle_closed);
-    uv_close((uv_handle_t *)&o->tick, on_handle_closed);
+    uv_async_send(&o->stop);
+    pthread_join(o->thread, NULL);
+    uv_loop_close(&o->loop);
+    pthread_mutex_destroy(&o->mu);
+    free(o->touched);
+    free(o->rl);
+    free(o);
 }

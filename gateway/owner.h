@@ -23,10 +23,12 @@
 
 typedef struct gw_owner gw_owner_t;
 
-/* Starts draining and ticking on `loop`. NULL on failure. */
-gw_owner_t *gw_owner_new(uv_loop_t *loop, const gw_runtime_t *rt);
+/* Starts the owner on its own thread and event loop (a breaker must never wait behind the
+ * control loop's SQLite work). `main_loop` is the caller's (unused; kept for symmetry). NULL on
+ * failure. Every other function here may be called from the caller's thread. */
+gw_owner_t *gw_owner_new(uv_loop_t *main_loop, const gw_runtime_t *rt);
 
-/* Stops (handles closed asynchronously; memory freed after). Accepts NULL. */
+/* Stops the owner's thread and frees it. Accepts NULL. */
 void gw_owner_close(gw_owner_t *o);
 
 /* Drains pending outcomes now (used before answering the admin API and at stop). */

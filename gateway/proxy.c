@@ -222,6 +222,7 @@ static void push_outcome(const exchange_t *ex, const gw_outcome_t *o)
         failed = br_classify_status(o->status, uc->failure_statuses, uc->nfailure_statuses) ==
                  BR_OUTCOME_FAILURE;
     gw_outq_rec_t rec = {
+        .t_ns = uv_hrtime(),
         .generation = ex->ticket.generation,
         .latency_us = o->latency_us,
         .upstream = o->upstream,
@@ -230,7 +231,11 @@ static void push_outcome(const exchange_t *ex, const gw_outcome_t *o)
         .kind = (uint8_t)o->kind,
         .trial = ex->ticket.trial,
     };
-    gw_outq_push(ex->w->rt->outq, ex->w->index, &rec, failed || ex->ticket.trial);
+    /* a success matters at once too while the owner's window holds failures or slow calls
+     * (it may complete a failure-rate or slow-call trip): the owner publishes that flag */
+    const gw_upstate_t *st = gw_runtime_upstate(ex->w->rt, ex->up->index);
+    bool urgent = failed || ex->ticket.trial || __atomic_load_n(&st->sensitive, __ATOMIC_RELAXED);
+    gw_outq_push(ex->w->rt->outq, ex->w->index, &rec, urgent);
 }
 
 /*
@@ -814,7 +819,8 @@ static void return_trial(gw_worker_t *w, gw_upstream_t *up, const br_ticket_t *t
 {
     if (!t->trial)
         return;
-    gw_outq_rec_t rec = {.generation = t->generation,
+    gw_outq_rec_t rec = {.t_ns = uv_hrtime(),
+                         .generation = t->generation,
                          .upstream = up->index,
                          .kind = GW_OUTCOME_CANCELLED,
                          .trial = 1};

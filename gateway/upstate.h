@@ -48,6 +48,8 @@ typedef struct gw_upstate {
     uint64_t transitions[BR_STATE_COUNT][BR_STATE_COUNT];
     int64_t unavailable;          /* 1 while no host is usable (no_healthy_hosts is firing) */
     uint64_t state_since_unix_ms; /* wall clock of the breaker's last transition (0: never) */
+    int64_t sensitive; /* 1 while any outcome could trip the breaker: workers then wake the owner
+                          for every outcome, not only failures (published by the owner) */
     uint32_t nhosts;
     gw_host_state_t hosts[GW_MAX_HOSTS];
 } gw_upstate_t;
