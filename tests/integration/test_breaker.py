@@ -1221,7 +1221,7 @@ def test_trip_lag_sequential_and_concurrent(shm_dir, gateway, upstreams, state_o
     Concurrent: 8 clients send status=500 flat out; slipped = upstream requests - 5 (requests
     already in flight when the 5th failed are counted too).
     With the state database on disk the control process's fdatasyncs stall the owner (see the
-    xfail test above), so only the tmpfs run asserts on the lag itself; both print it.
+    regression test above), so only the tmpfs run asserts on the lag itself; both print it.
     """
     u = upstreams("u")
     text = config([u.addr], {"open_duration": "60s", "max_open_duration": "120s"}, workers=2)
