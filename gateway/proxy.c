@@ -92,6 +92,27 @@ typedef struct exchange {
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
+/* Writes v as exactly 16 lower-case hex digits (no NUL). */
+static void put_hex64(char *out, uint64_t v)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 15];
+}
+
+/* Writes v in decimal (no NUL); returns the number of digits. */
+static size_t put_u64(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
 /* Marks what the worker is handling, for the crash record (see crash.h). */
 static void guard(gw_worker_t *w, int64_t route, const char *request_id)
 {
@@ -155,8 +176,10 @@ static void make_request_id(gw_worker_t *w, h2o_req_t *req, char *out)
             return;
         }
     }
-    snprintf(out, GW_REQUEST_ID_MAX + 1, "%016llx%016llx", (unsigned long long)w->reqid_prefix,
-             (unsigned long long)++w->reqid_seq);
+    /* 32 hex digits: this worker's random prefix, then its counter (no printf: hot path) */
+    put_hex64(out, w->reqid_prefix);
+    put_hex64(out + 16, ++w->reqid_seq);
+    out[32] = '\0';
 }
 
 static void add_request_id_header(h2o_req_t *req, const char *id)
@@ -581,10 +604,17 @@ static h2o_iovec_t build_request_head(exchange_t *ex)
         p += append(p, v.base, v.len);
         p += append(p, H2O_STRLIT(", "));
     }
-    p += (size_t)sprintf(p, "%s\r\nx-request-id: %s\r\nx-request-timeout-ms: %llu\r\n", ip,
-                         ex->request_id, (unsigned long long)left);
-    if (req->entity.base != NULL)
-        p += (size_t)sprintf(p, "content-length: %zu\r\n", req->entity.len);
+    p += append(p, ip, strlen(ip));
+    p += append(p, H2O_STRLIT("\r\nx-request-id: "));
+    p += append(p, ex->request_id, strlen(ex->request_id));
+    p += append(p, H2O_STRLIT("\r\nx-request-timeout-ms: "));
+    p += put_u64(p, left);
+    p += append(p, H2O_STRLIT("\r\n"));
+    if (req->entity.base != NULL) {
+        p += append(p, H2O_STRLIT("content-length: "));
+        p += put_u64(p, req->entity.len);
+        p += append(p, H2O_STRLIT("\r\n"));
+    }
     p += append(p, H2O_STRLIT("\r\n"));
     return h2o_iovec_init(head, (size_t)(p - head));
 }
