@@ -109,6 +109,7 @@ typedef struct supervisor {
     bool reloading; /* new generation started, waiting for its workers to be ready */
     uint64_t reload_deadline_ms;
     uint64_t announce_deadline_ms; /* != 0: done, waiting for the old workers to stop accepting */
+    uint64_t last_watchdog_ms;
 } supervisor_t;
 
 static uint64_t mono_ms(void)
@@ -486,8 +487,20 @@ static void retire(supervisor_t *s, generation_t *g)
 
 /* ---- watchdog ---------------------------------------------------------------------------- */
 
+/*
+ * Kills (and so replaces) a worker whose event loop has not run for stall_after. Two guards
+ * against mistaking a paused machine for stuck workers (a VM paused or starved for seconds makes
+ * every heartbeat old at once): a pass is skipped when the supervisor's own previous pass is
+ * itself older than stall_after (then we were not running either), and at most one worker is
+ * killed per pass (a pass runs every stall_after / 4), so a truly stuck fleet is still replaced
+ * one by one while a momentary stall never takes every worker down together.
+ */
 static void watchdog(supervisor_t *s, uint64_t now)
 {
+    uint64_t last = s->last_watchdog_ms;
+    s->last_watchdog_ms = now;
+    if (last != 0 && now - last > s->cur->cfg->stall_after_ms)
+        return;
     for (size_t i = 0; i < s->nchildren; i++) {
         child_t *c = &s->children[i];
         if (c->gen == NULL || c->kind != CHILD_WORKER || c->pid == 0 || c->retiring ||
@@ -511,6 +524,7 @@ static void watchdog(supervisor_t *s, uint64_t now)
                        (json_int_t)stall_after));
         c->killed_for_stall = true;
         kill(c->pid, SIGKILL);
+        return; /* one per pass */
     }
 }
 

@@ -10,6 +10,7 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -110,6 +111,11 @@ static int setup_h2o(gw_worker_t *w)
 
 static int setup_listeners(gw_worker_t *w, const int *fds, size_t nfds)
 {
+    /* Every worker accepts on the same sockets. By default libuv accepts every pending
+     * connection in one go, so the first worker to wake can take a whole burst of new clients
+     * (seen: one worker holding all 64 benchmark connections). One accept per wake-up, with a
+     * yield, spreads them (read once by libuv, before the first listen). */
+    setenv("UV_TCP_SINGLE_ACCEPT", "1", 1);
     w->listeners = calloc(nfds, sizeof(*w->listeners));
     if (w->listeners == NULL)
         return UV_ENOMEM;
