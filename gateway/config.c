@@ -1668,8 +1668,9 @@ static void default_rules(loader_t *L, const bool *set, const yaml_node_t *at)
             continue;
         if (!a->tiers[t].defined) {
             fail_at(L, at ? at->start_mark : (yaml_mark_t){0, 0, 0},
-                    "rule '%s' is not set and its default tier %s is not defined", event_names[e],
-                    tier_names[t]);
+                    "rule '%s' is not set and its default tier %s is not defined (define tier "
+                    "%s, or set rules.%s to a defined tier or 'off')",
+                    event_names[e], tier_names[t], tier_names[t], event_names[e]);
             continue;
         }
         a->rules[e] = (gw_rule_config_t){true, t, 0, 0};
