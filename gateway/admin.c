@@ -97,12 +97,17 @@ static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
     gw_health_stats_t hs;
     gw_health_stats(a->health, &hs);
     char *text = gw_metrics_render(a->rt, uv_now(a->loop), &hs);
-    if (text == NULL) {
+    char *alerts = gw_admin_alert_metrics(a);
+    if (text == NULL || alerts == NULL) {
+        free(text);
+        free(alerts);
         send_error(req, 500, "internal_error", "out of memory");
         return;
     }
-    h2o_iovec_t copy = h2o_strdup(&req->pool, text, strlen(text));
+    h2o_iovec_t copy = h2o_concat(&req->pool, h2o_iovec_init(text, strlen(text)),
+                                  h2o_iovec_init(alerts, strlen(alerts)));
     free(text);
+    free(alerts);
     req->res.status = 200;
     req->res.reason = "OK";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,

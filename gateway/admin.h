@@ -28,6 +28,7 @@ typedef struct gw_admin {
     bool retiring;            /* this control process is being replaced: its database is closed */
     struct gw_health *health; /* the prober in this process (metrics) */
     struct al_engine *engine; /* the alert engine; NULL until the database is open */
+    struct al_sender *sender; /* the delivery loop; NULL likewise */
     void (*kick)(void *ctx);  /* something may have become due for delivery */
     void *kick_ctx;
 } gw_admin_t;
@@ -37,6 +38,10 @@ void gw_admin_send_error(h2o_req_t *req, int status, const char *code, const cha
 
 /* Tells the delivery loop to look for due notifications (after acks, new alerts, ...). */
 void gw_admin_kick(gw_admin_t *a);
+
+/* The alert metrics in Prometheus text (admin_alerts.c): deliveries by channel and result, the
+ * outbox depth. malloc'd; NULL when out of memory. */
+char *gw_admin_alert_metrics(gw_admin_t *a);
 
 /* The alert and silence endpoints (admin_alerts.c). Returns 1 when it answered the request (the
  * path was one of them), 0 otherwise. */

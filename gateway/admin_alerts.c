@@ -19,6 +19,7 @@
 
 #include "admin.h"
 #include "alerts.h"
+#include "sender.h"
 
 static uint64_t unix_ms(void)
 {
@@ -207,6 +208,40 @@ static void silences(gw_admin_t *a, h2o_req_t *req, bool get, bool post, bool de
         gw_admin_send_error(req, 405, "method_not_allowed",
                             "GET or POST /api/v1/silences, DELETE /api/v1/silences/{id}");
     }
+}
+
+static void delivery_row(void *ctx, const char *channel, const char *result, uint64_t n)
+{
+    fprintf(ctx, "breakwater_alert_deliveries_total{channel=\"%s\",result=\"%s\"} %llu\n", channel,
+            result, (unsigned long long)n);
+}
+
+char *gw_admin_alert_metrics(gw_admin_t *a)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    if (f == NULL)
+        return NULL;
+    fputs("# HELP breakwater_alert_deliveries_total Notification attempts by channel and result.\n"
+          "# TYPE breakwater_alert_deliveries_total counter\n",
+          f);
+    if (a->sender != NULL)
+        al_sender_stats(a->sender, delivery_row, f);
+    uint64_t depth = 0;
+    if (a->engine != NULL)
+        al_outbox_depth(a->engine, &depth);
+    fprintf(f,
+            "# HELP breakwater_alert_queue_depth Notifications waiting to be delivered, plus "
+            "alerts held in memory while the store is unavailable.\n"
+            "# TYPE breakwater_alert_queue_depth gauge\n"
+            "breakwater_alert_queue_depth %llu\n",
+            (unsigned long long)(depth + (a->engine != NULL ? al_engine_queued(a->engine) : 0)));
+    if (fclose(f) != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
 }
 
 int gw_admin_alerts(gw_admin_t *a, h2o_req_t *req)

@@ -7,7 +7,9 @@
  */
 #include "control.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -16,6 +18,7 @@
 
 #include "admin.h"
 #include "alerts.h"
+#include "sender.h"
 #include "health.h"
 #include "log.h"
 #include "owner.h"
@@ -34,6 +37,8 @@ typedef struct control {
     uv_signal_t sig_term, sig_int;
     uv_timer_t drain, db_retry, alert_tick;
     al_engine_t *engine; /* NULL until the database is open */
+    al_sender_t *sender; /* likewise */
+    uv_timer_t flush_timer;
     gw_log_limit_t drain_errors, db_errors;
     bool stopping;
     uint64_t stop_deadline_ms;
@@ -120,7 +125,16 @@ static void alerts_changed(control_t *c)
 
 static void kick_alerts(void *ctx)
 {
-    (void)ctx; /* the delivery loop hooks in here */
+    control_t *c = ctx;
+    if (c->sender != NULL)
+        al_sender_kick(c->sender);
+}
+
+/* The sender's log lines go through ours (same JSON format, same level filter). */
+static void sender_log(void *ctx, int level, const char *msg, json_t *fields)
+{
+    (void)ctx;
+    gw_log((gw_log_level_t)level, msg, fields != NULL ? "O" : NULL, fields);
 }
 
 static void drain_events(control_t *c)
@@ -177,6 +191,12 @@ static void release_database(control_t *c)
     gw_owner_drain(c->admin.owner);
     drain_events(c);
     uv_timer_stop(&c->alert_tick);
+    if (c->sender != NULL) {
+        /* in-flight sends are abandoned: their leases expire and the next control process
+         * records them as ambiguous attempts (retried for P0/P1 with the same Idempotency-Key) */
+        al_sender_close(c->sender, NULL, NULL);
+        c->sender = NULL;
+    }
     al_engine_free(c->engine);
     c->engine = NULL;
     c->admin.engine = NULL;
@@ -201,6 +221,30 @@ static void on_stop_poll(uv_timer_t *t)
     }
 }
 
+static void finish_stop(control_t *c)
+{
+    uv_timer_stop(&c->flush_timer);
+    release_database(c);
+    uv_timer_start(&c->db_retry, on_stop_poll, 0, 20);
+}
+
+static void on_flushed(void *ctx)
+{
+    control_t *c = ctx;
+    gw_log(GW_LOG_INFO, "alert deliveries flushed", NULL);
+    finish_stop(c);
+}
+
+static void on_flush_deadline(uv_timer_t *t)
+{
+    control_t *c = t->data;
+    gw_log(GW_LOG_WARN,
+           "shutdown_timeout passed with alert deliveries pending; they resume at "
+           "the next start",
+           "{s:I}", "inflight", (json_int_t)al_sender_inflight(c->sender));
+    finish_stop(c);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     control_t *c = s->data;
@@ -212,9 +256,19 @@ static void on_signal(uv_signal_t *s, int signum)
     h2o_context_request_shutdown(&c->h2o_ctx);
     c->admin.retiring = true;
     uv_timer_stop(&c->db_retry);
-    release_database(c);
     c->stop_deadline_ms = uv_now(&c->loop) + STOP_WAIT_MS;
-    uv_timer_start(&c->db_retry, on_stop_poll, 0, 20);
+    /* A reload hands the database to the next control process at once. A full stop first sends
+     * the notifications that are due (SPEC: "flush alert deliveries that can be sent"), for at
+     * most shutdown_timeout. */
+    bool reload = GW_STAT_GET(c->rt->shared->config_generation) != c->rt->generation;
+    if (!reload && c->sender != NULL) {
+        drain_events(c);
+        alerts_changed(c);
+        uv_timer_start(&c->flush_timer, on_flush_deadline, c->rt->cfg->shutdown_timeout_ms, 0);
+        al_sender_drain(c->sender, on_flushed, c);
+        return;
+    }
+    finish_stop(c);
 }
 
 static void start_alert_engine(control_t *c)
@@ -233,6 +287,12 @@ static void start_alert_engine(control_t *c)
         return;
     }
     c->admin.engine = c->engine;
+    al_sender_options_t sopts = {.log = sender_log, .log_ctx = c};
+    c->sender = al_sender_new_with(&c->loop, c->engine, &c->rt->cfg->alerts, source, &sopts);
+    if (c->sender == NULL)
+        gw_log(GW_LOG_ERROR, "cannot start the alert delivery loop", "{s:s}", "error",
+               strerror(errno));
+    c->admin.sender = c->sender;
     alerts_changed(c);
 }
 
@@ -325,6 +385,8 @@ int gw_control_main(const gw_runtime_t *rt, int admin_fd)
     uv_timer_start(&c->db_retry, on_db_retry, 0, 0);
     uv_timer_init(&c->loop, &c->alert_tick);
     c->alert_tick.data = c;
+    uv_timer_init(&c->loop, &c->flush_timer);
+    c->flush_timer.data = c;
     c->admin.kick = kick_alerts;
     c->admin.kick_ctx = c;
     uv_timer_init(&c->loop, &c->drain);
