@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "admin.h"
+#include "acklink.h"
 #include "alerts.h"
 #include "sender.h"
 
@@ -160,13 +161,28 @@ static void alert_action(gw_admin_t *a, h2o_req_t *req, bool ack)
         send_text(req, 200, json);
 }
 
+/* The alert with its deliveries and history, plus its signed ack link when alerts.external_url
+ * is set (the admin API is the operator's; the link is what messages carry). */
 static void get_alert(gw_admin_t *a, h2o_req_t *req)
 {
     int64_t id = path_id(req, strlen("/api/v1/alerts/"));
     char *json = NULL;
     int r = id < 0 ? AL_ENOENT : al_alert_json(a->engine, id, &json);
-    if (r != 0)
+    if (r != 0) {
         send_engine_error(req, r, NULL);
+        return;
+    }
+    char link[512];
+    size_t n = al_ack_link(a->cfg->alerts.external_url, id, unix_ms() / 1000, link, sizeof(link));
+    json_t *doc = n > 0 ? json_loads(json, 0, NULL) : NULL;
+    if (doc != NULL) {
+        json_object_set_new(doc, "ack_link", json_stringn(link, n));
+        free(json);
+        json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(doc);
+    }
+    if (json == NULL)
+        gw_admin_send_error(req, 500, "internal_error", "out of memory");
     else
         send_text(req, 200, json);
 }

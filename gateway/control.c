@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "admin.h"
+#include "acklink.h"
 #include "alerts.h"
 #include "sender.h"
 #include "health.h"
@@ -137,6 +138,18 @@ static void sender_log(void *ctx, int level, const char *msg, json_t *fields)
     gw_log((gw_log_level_t)level, msg, fields != NULL ? "O" : NULL, fields);
 }
 
+/* An ack link was clicked (a worker verified its signature). */
+static int ack_from_link(control_t *c, const gw_event_t *e)
+{
+    json_t *f = json_loads(e->fields, 0, NULL);
+    json_int_t id = json_integer_value(json_object_get(f, "alert_id"));
+    json_decref(f);
+    int r = id > 0 ? al_engine_ack(c->engine, (int64_t)id, "ack-link", e->ts_ms) : AL_EBADINPUT;
+    gw_log(r == 0 ? GW_LOG_INFO : GW_LOG_WARN, "acknowledgement link used", "{s:I, s:s}",
+           "alert_id", (json_int_t)id, "result", r == 0 ? "acknowledged" : al_strerror(r));
+    return r == AL_ENOENT || r == AL_ESTATE ? AL_EBADINPUT : r; /* nothing to retry */
+}
+
 static void drain_events(control_t *c)
 {
     gw_events_t *ev = c->rt->events;
@@ -161,7 +174,9 @@ static void drain_events(control_t *c)
          * audit trail has them: the alert engine (each event is its own transaction there) */
         gw_events_rewind(ev);
         for (int i = 0; i < n && gw_events_next(ev, uv_now(&c->loop), e) == 1; i++) {
-            int er = al_engine_event(c->engine, e->kind, e->worker, e->fields, e->ts_ms);
+            int er = strcmp(e->kind, "ack_request") == 0
+                         ? ack_from_link(c, e)
+                         : al_engine_event(c->engine, e->kind, e->worker, e->fields, e->ts_ms);
             if (er < 0 && er != AL_EBADINPUT)
                 gw_log_limited(&c->drain_errors, uv_now(&c->loop), GW_LOG_ERROR,
                                "alert engine could not take an event", "{s:s, s:s}", "kind",
@@ -287,6 +302,8 @@ static void start_alert_engine(control_t *c)
         return;
     }
     c->admin.engine = c->engine;
+    if (GW_STAT_GET(c->rt->shared->ack_secret_set) == 1)
+        al_ack_set_secret(c->rt->shared->ack_secret);
     al_sender_options_t sopts = {.log = sender_log, .log_ctx = c};
     c->sender = al_sender_new_with(&c->loop, c->engine, &c->rt->cfg->alerts, source, &sopts);
     if (c->sender == NULL)

@@ -32,12 +32,14 @@
  * h2o may still be writing from it until the request is disposed.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "acklink.h"
 #include "http1.h"
 #include "log.h"
 #include "reply.h"
@@ -1011,6 +1013,46 @@ static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_n
     return admit_upstream(w, req, r, start_ns, request_id, host, timeout, ticket);
 }
 
+/*
+ * GET /ack/TOKEN: a signed, expiring acknowledgement link from an alert message (alerts/acklink.h).
+ * The worker only verifies the token (no SQLite here); the acknowledgement itself travels to the
+ * control process as an `ack_request` event. Returns 1 when it answered.
+ */
+static int handle_ack_link(gw_worker_t *w, h2o_req_t *req, uint64_t start_ns,
+                           const char *request_id)
+{
+    h2o_iovec_t p = req->path_normalized;
+    if (p.len <= 5 || memcmp(p.base, "/ack/", 5) != 0 ||
+        GW_STAT_GET(w->rt->shared->ack_secret_set) != 1)
+        return 0;
+    uint32_t r = (uint32_t)w->cfg->nroutes;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t id = 0;
+    int v = al_ack_token_verify(w->rt->shared->ack_secret, p.base + 5, p.len - 5,
+                                (uint64_t)now.tv_sec, &id);
+    if (v == -ETIMEDOUT)
+        return reply_local(w, req, r, start_ns, request_id, 403, "ack_link_expired", NULL,
+                           "this acknowledgement link has expired");
+    if (v != 0)
+        return reply_local(w, req, r, start_ns, request_id, 403, "invalid_ack_link", NULL,
+                           "this acknowledgement link is not valid");
+    char fields[96];
+    snprintf(fields, sizeof(fields), "{\"alert_id\":%lld,\"via\":\"link\"}", (long long)id);
+    gw_worker_event(w, "ack_request", fields);
+    char *body = h2o_mem_alloc_pool(&req->pool, 96);
+    int n = snprintf(body, 96, "Alert %lld acknowledged.\n", (long long)id);
+    add_request_id_header(req, request_id);
+    req->res.status = 200;
+    req->res.reason = "OK";
+    req->res.content_length = (size_t)n;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/plain; charset=utf-8"));
+    h2o_send_inline(req, body, (size_t)n);
+    count_local_reply(w, r, 200, start_ns);
+    return 1;
+}
+
 /* A guarded handler's own failure: 500 internal_error, a handler_fault event, and the worker
  * carries on. */
 static int handler_fault(gw_worker_t *w, h2o_req_t *req, uint32_t route, uint64_t start_ns,
@@ -1052,6 +1094,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     int route_idx = gw_router_match(&w->router, req->authority.base, req->authority.len,
                                     req->path_normalized.base, req->path_normalized.len);
     guard(w, route_idx, request_id);
+    if (handle_ack_link(w, req, start_ns, request_id)) {
+        unguard(w);
+        return 0;
+    }
     gw_host_t *host = NULL;
     br_ticket_t ticket = {0};
     if (admit(w, req, route_idx, start_ns, request_id, &host, &timeout, &ticket)) {

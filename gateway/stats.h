@@ -126,6 +126,8 @@ typedef struct gw_shared {
     int64_t reload_ok;   /* result of the latest attempt */
     char reload_message[2048];
     uint64_t config_generation; /* 1 at start, +1 per applied reload */
+    uint8_t ack_secret[32];     /* signs /ack/ links (alerts/acklink.h); read from the database */
+    int64_t ack_secret_set;
 } gw_shared_t;
 
 gw_shared_t *gw_shared_new(void);

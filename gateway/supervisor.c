@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "acklink.h"
 #include "db.h"
 #include "events.h"
 #include "limiter.h"
@@ -769,7 +770,7 @@ static void run_timers(supervisor_t *s)
     }
 }
 
-static int bootstrap_database(const gw_config_t *cfg)
+static int bootstrap_database(const gw_config_t *cfg, gw_shared_t *shared)
 {
     char err[512];
     al_db_t *db = NULL;
@@ -780,16 +781,24 @@ static int bootstrap_database(const gw_config_t *cfg)
     }
     gw_log(GW_LOG_INFO, "state database ready", "{s:s, s:i}", "state_dir", cfg->state_dir,
            "schema_version", al_db_schema_version(db));
+    /* the secret that signs ack links lives in the database (links survive restarts) and is
+     * handed to the workers, which verify /ack/TOKEN without touching SQLite */
+    int r = al_ack_secret_load(db, shared->ack_secret);
+    if (r == 0)
+        GW_STAT_SET(shared->ack_secret_set, 1);
+    else
+        gw_log(GW_LOG_WARN, "no ack-link secret: /ack/ links are disabled", "{s:s}", "error",
+               al_db_strerror(r));
     al_db_close(db); /* the control process reopens it: one owner at a time */
     return 0;
 }
 
 static int setup(supervisor_t *s, gw_config_t *cfg)
 {
-    if (bootstrap_database(cfg) != 0)
-        return -1;
     s->events = gw_events_new();
     s->shared = gw_shared_new();
+    if (s->shared == NULL || bootstrap_database(cfg, s->shared) != 0)
+        return -1;
     s->upstates = gw_upstates_new();
     s->limiters = gw_limiters_new();
     if (s->events == NULL || s->shared == NULL || s->upstates == NULL || s->limiters == NULL)
