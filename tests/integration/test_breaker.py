@@ -1201,7 +1201,9 @@ def test_a_slow_disk_sync_in_the_control_process_does_not_hold_back_a_trip(
     print(f"\nslow sync (250 ms): {slipped} failing calls reached the upstream after the 5th")
     assert upstream_requests(u) - n0 == 5 + slipped
     wait_open(g)
-    assert slipped <= 2, (
+    # with the owner behind the sync, everything in the 100 ms window slipped (122-427 calls);
+    # with its own thread only scheduling noise remains (0-2 here, a few more under CI load)
+    assert slipped <= 10, (
         f"{slipped} requests sent after the 5th failure was answered reached the upstream "
         f"while the control process was in fdatasync")
 
