@@ -96,7 +96,9 @@
     XX(DLV_NOTIFIED_CHANNELS,                                                                      \
        "SELECT DISTINCT d.channel FROM delivery_alerts m JOIN deliveries d ON d.id = m.delivery "  \
        "WHERE m.alert_id = ?1 AND d.kind <> 'resolved' "                                           \
-       "AND d.status IN ('sent', 'sending', 'ambiguous') ORDER BY d.channel")                      \
+       "AND (d.status IN ('sent', 'sending', 'ambiguous') OR d.last_error IS NOT NULL "            \
+       "OR d.last_code IS NOT NULL) "                                                              \
+       "ORDER BY d.channel")                                                                       \
     XX(DLV_CANCEL_FOR_ALERT,                                                                       \
        "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, finished_at = ?2 "     \
        "WHERE status = 'pending' AND kind <> 'resolved' "                                          \
@@ -126,7 +128,8 @@
        "(SELECT 1 FROM delivery_alerts r2 JOIN delivery_alerts m ON m.alert_id = r2.alert_id "     \
        "JOIN deliveries d2 ON d2.id = m.delivery WHERE r2.delivery = deliveries.id "               \
        "AND d2.channel = ?2 AND d2.kind <> 'resolved' "                                            \
-       "AND d2.status IN ('sent', 'sending', 'ambiguous'))")                                       \
+       "AND (d2.status IN ('sent', 'sending', 'ambiguous') OR d2.last_error IS NOT NULL "          \
+       "OR d2.last_code IS NOT NULL))")                                                            \
     XX(DLV_MEMBERS,                                                                                \
        "SELECT m.alert_id FROM delivery_alerts m WHERE m.delivery = ?1 ORDER BY m.alert_id")       \
     XX(DLV_FIRING_MEMBERS,                                                                         \
