@@ -211,6 +211,7 @@ static void release_database(control_t *c)
          * records them as ambiguous attempts (retried for P0/P1 with the same Idempotency-Key) */
         al_sender_close(c->sender, NULL, NULL);
         c->sender = NULL;
+        c->admin.sender = NULL; /* the admin API may still answer (e.g. /metrics) until exit */
     }
     al_engine_free(c->engine);
     c->engine = NULL;
