@@ -23,6 +23,16 @@
 #include "channel.h"
 
 static const al_channel_ops_t *const registry[GW_CHANNEL_TYPE_COUNT] = {
+    [GW_CHANNEL_SLACK] = &al_channel_slack,
+    [GW_CHANNEL_DINGTALK] = &al_channel_dingtalk,
+    [GW_CHANNEL_FEISHU] = &al_channel_feishu,
+    [GW_CHANNEL_WECOM] = &al_channel_wecom,
+    [GW_CHANNEL_PAGERDUTY] = &al_channel_pagerduty,
+    [GW_CHANNEL_TWILIO] = &al_channel_twilio,
+    [GW_CHANNEL_EMAIL] = &al_channel_email,
+    [GW_CHANNEL_TEAMS] = &al_channel_teams,
+    [GW_CHANNEL_OPSGENIE] = &al_channel_opsgenie,
+    [GW_CHANNEL_ALERTMANAGER] = &al_channel_alertmanager,
     [GW_CHANNEL_WEBHOOK] = &al_channel_webhook,
     [GW_CHANNEL_CONSOLE] = &al_channel_console,
 };
@@ -170,6 +180,10 @@ void al_request_dispose(al_request_t *r)
     for (size_t i = 0; i < r->nheaders; i++)
         free(r->headers[i]);
     free(r->headers);
+    for (size_t i = 0; i < r->nrcpt; i++)
+        free(r->rcpt[i]);
+    free(r->rcpt);
+    free(r->mail_from);
     free(r->url);
     free(r->body);
     memset(r, 0, sizeof(*r));

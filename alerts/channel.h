@@ -95,8 +95,15 @@ typedef struct al_message {
 int al_message_parse(al_message_t *m, const al_delivery_t *d);
 void al_message_dispose(al_message_t *m); /* accepts a zeroed or disposed message */
 
-/* One HTTP request. Strings are owned (malloc) unless marked. */
+/* How the sender carries a request. */
+typedef enum al_request_kind {
+    AL_REQ_HTTP = 0, /* method, url, content_type, body, headers */
+    AL_REQ_SMTP,     /* url smtp(s)://, mail_from, rcpt, body = the whole RFC 5322 message (CRLF) */
+} al_request_kind_t;
+
+/* One request. Strings are owned (malloc) unless marked. */
 typedef struct al_request {
+    al_request_kind_t kind;   /* AL_REQ_HTTP unless set (a zeroed request is HTTP) */
     const char *method;       /* "POST" (static) */
     char *url;                /* contains secrets for many channels: never log it */
     const char *content_type; /* static, e.g. "application/json" */
@@ -107,6 +114,12 @@ typedef struct al_request {
     /* Idempotency-Key for this request; empty: the delivery id. Parts of a grouped delivery
      * need distinct keys (a receiver that honours the header would drop parts 2..n). */
     char idempotency_key[AL_IDEMPOTENCY_KEY_MAX];
+    /* AL_REQ_SMTP only: the envelope (MAIL FROM, RCPT TO), bare addresses. The sender reports
+     * the server's last reply code as the reply's status (250 sent; an SMTP refusal such as
+     * RCPT 550 or AUTH 535 is a reply, not a transport failure). */
+    char *mail_from;
+    char **rcpt;
+    size_t nrcpt;
 } al_request_t;
 
 /* Adds "name: value". Returns 0, AL_EBADINPUT (CR/LF/NUL in it, empty or invalid name),
@@ -163,6 +176,16 @@ typedef struct al_channel_ops {
 
 extern const al_channel_ops_t al_channel_webhook;
 extern const al_channel_ops_t al_channel_console;
+extern const al_channel_ops_t al_channel_slack;
+extern const al_channel_ops_t al_channel_dingtalk;
+extern const al_channel_ops_t al_channel_feishu;
+extern const al_channel_ops_t al_channel_wecom;
+extern const al_channel_ops_t al_channel_teams;
+extern const al_channel_ops_t al_channel_pagerduty;
+extern const al_channel_ops_t al_channel_opsgenie;
+extern const al_channel_ops_t al_channel_twilio;
+extern const al_channel_ops_t al_channel_email;
+extern const al_channel_ops_t al_channel_alertmanager;
 
 /* The implementation of a channel type, or NULL when this build has none yet. */
 const al_channel_ops_t *al_channel_ops(gw_channel_type_t type);

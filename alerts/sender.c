@@ -93,7 +93,8 @@ typedef struct job {
     al_request_t *reqs;
     size_t nreqs, cur;
     CURL *easy;
-    struct curl_slist *hdrs;
+    struct curl_slist *hdrs; /* HTTP: the header lines; SMTP: the RCPT TO list */
+    size_t upload_off;       /* SMTP: bytes of the message handed to curl */
     buf_t body, headers;
     uint64_t deadline;   /* unix ms: the result must be recorded before */
     uint64_t started_ms; /* unix ms, for the latency field */
@@ -438,6 +439,33 @@ static struct curl_slist *request_headers(const job_t *j, const al_request_t *rq
     return h;
 }
 
+/* SMTP (AL_REQ_SMTP): the envelope's recipients as curl wants them. NULL: out of memory. */
+static struct curl_slist *smtp_rcpts(const al_request_t *rq)
+{
+    struct curl_slist *h = NULL;
+    bool ok = rq->nrcpt > 0;
+
+    for (size_t i = 0; ok && i < rq->nrcpt; i++)
+        h = add_header(h, rq->rcpt[i], &ok);
+    if (!ok) {
+        curl_slist_free_all(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* SMTP: hands curl the next bytes of the message (the request body). */
+static size_t on_upload(char *out, size_t size, size_t n, void *userp)
+{
+    job_t *j = userp;
+    const al_request_t *rq = &j->reqs[j->cur];
+    size_t left = rq->body_len - j->upload_off, take = size * n < left ? size * n : left;
+
+    memcpy(out, rq->body + j->upload_off, take);
+    j->upload_off += take;
+    return take;
+}
+
 /* Starts part j->cur. Returns 0, 1 when the lease budget is used up, or -1 (out of memory or a
  * curl setup error). */
 static int part_start(job_t *j, uint64_t now)
@@ -455,7 +483,8 @@ static int part_start(job_t *j, uint64_t now)
     buf_dispose(&j->body);
     buf_dispose(&j->headers);
     curl_slist_free_all(j->hdrs);
-    j->hdrs = request_headers(j, rq);
+    j->hdrs = rq->kind == AL_REQ_SMTP ? smtp_rcpts(rq) : request_headers(j, rq);
+    j->upload_off = 0;
     e = curl_easy_init();
     if (j->hdrs == NULL || e == NULL) {
         curl_easy_cleanup(e);
@@ -470,15 +499,27 @@ static int part_start(job_t *j, uint64_t now)
     SET(CURLOPT_TIMEOUT_MS, (long)timeout);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)connect);
     SET(CURLOPT_PROXY, s->proxy != NULL ? s->proxy : "");
-    SET(CURLOPT_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_FOLLOWLOCATION, 0L);
-    SET(CURLOPT_USERAGENT, s->user_agent);
-    SET(CURLOPT_HTTPHEADER, j->hdrs);
-    SET(CURLOPT_POST, 1L);
-    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_len);
-    SET(CURLOPT_POSTFIELDS, rq->body != NULL ? rq->body : "");
-    if (rq->method != NULL && strcmp(rq->method, "POST") != 0)
-        SET(CURLOPT_CUSTOMREQUEST, rq->method);
+    if (rq->kind == AL_REQ_SMTP) {
+        /* The email channel: smtp:// upgrades with STARTTLS when offered, smtps:// is TLS. */
+        SET(CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+        SET(CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+        SET(CURLOPT_MAIL_FROM, rq->mail_from);
+        SET(CURLOPT_MAIL_RCPT, j->hdrs);
+        SET(CURLOPT_UPLOAD, 1L);
+        SET(CURLOPT_READFUNCTION, on_upload);
+        SET(CURLOPT_READDATA, j);
+        SET(CURLOPT_INFILESIZE_LARGE, (curl_off_t)rq->body_len);
+    } else {
+        SET(CURLOPT_PROTOCOLS_STR, "http,https");
+        SET(CURLOPT_FOLLOWLOCATION, 0L);
+        SET(CURLOPT_USERAGENT, s->user_agent);
+        SET(CURLOPT_HTTPHEADER, j->hdrs);
+        SET(CURLOPT_POST, 1L);
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_len);
+        SET(CURLOPT_POSTFIELDS, rq->body != NULL ? rq->body : "");
+        if (rq->method != NULL && strcmp(rq->method, "POST") != 0)
+            SET(CURLOPT_CUSTOMREQUEST, rq->method);
+    }
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, j);
     SET(CURLOPT_HEADERFUNCTION, on_header);
@@ -513,7 +554,9 @@ static void describe(const job_t *j, const al_reply_t *rp, CURLcode code, uint64
     switch (rp->transport) {
     case AL_XFER_REPLY:
         excerpt(&j->body, text, sizeof(text));
-        n = snprintf(out, outlen, "HTTP %ld%s%s", rp->status, text[0] ? ": " : "", text);
+        n = snprintf(out, outlen, "%s %ld%s%s",
+                     j->reqs[j->cur].kind == AL_REQ_SMTP ? "SMTP" : "HTTP", rp->status,
+                     text[0] ? ": " : "", text);
         break;
     case AL_XFER_NOT_SENT:
         n = snprintf(out, outlen, "not sent: %s", curl_easy_strerror(code));
@@ -538,6 +581,7 @@ static void describe(const job_t *j, const al_reply_t *rp, CURLcode code, uint64
 static void part_done(job_t *j, CURLcode code)
 {
     al_sender_t *s = j->s;
+    bool smtp = j->reqs[j->cur].kind == AL_REQ_SMTP;
     long status = 0, reqsize = 0;
     curl_off_t elapsed_us = 0;
     uint64_t retry_after = 0, now;
@@ -550,6 +594,8 @@ static void part_done(job_t *j, CURLcode code)
     curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(j->easy, CURLINFO_REQUEST_SIZE, &reqsize);
     curl_easy_getinfo(j->easy, CURLINFO_TOTAL_TIME_T, &elapsed_us);
+    if (smtp) /* "sent" = message bytes went out; REQUEST_SIZE is HTTP only */
+        reqsize = j->upload_off > 0;
     curl_multi_remove_handle(s->multi, j->easy);
     curl_easy_cleanup(j->easy);
     j->easy = NULL;
@@ -559,6 +605,12 @@ static void part_done(job_t *j, CURLcode code)
                       .body = j->body.p != NULL ? j->body.p : "",
                       .body_len = j->body.len,
                       .body_truncated = j->body.truncated};
+    if (smtp && code != CURLE_OK && status >= 400) {
+        /* An SMTP refusal (RCPT 550, AUTH 535, final 554) fails the transfer in curl, but it is
+         * the server's answer: the channel classifies its code. */
+        rp.transport = AL_XFER_REPLY;
+        rp.status = status;
+    }
     now = now_ms(s);
     ctx = make_ctx(s, j->chcfg, now);
     cls = al_channel_classify(j->ops, &ctx, &rp, &retry_after);

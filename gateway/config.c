@@ -1241,9 +1241,11 @@ typedef struct channel_type {
 
 static const channel_type_t channel_types[GW_CHANNEL_TYPE_COUNT] = {
     [GW_CHANNEL_SLACK] = {"slack", BIT(CH_URL), BIT(CH_URL), NULL},
-    [GW_CHANNEL_DINGTALK] = {"dingtalk", BIT(CH_URL) | BIT(CH_SECRET), BIT(CH_URL), NULL},
+    /* dingtalk and wecom: optional `to` = mobile numbers to @mention */
+    [GW_CHANNEL_DINGTALK] = {"dingtalk", BIT(CH_URL) | BIT(CH_SECRET) | BIT(CH_TO), BIT(CH_URL),
+                             NULL},
     [GW_CHANNEL_FEISHU] = {"feishu", BIT(CH_URL) | BIT(CH_SECRET), BIT(CH_URL), NULL},
-    [GW_CHANNEL_WECOM] = {"wecom", BIT(CH_URL), BIT(CH_URL), NULL},
+    [GW_CHANNEL_WECOM] = {"wecom", BIT(CH_URL) | BIT(CH_TO), BIT(CH_URL), NULL},
     [GW_CHANNEL_PAGERDUTY] = {"pagerduty", BIT(CH_ROUTING_KEY) | BIT(CH_URL), BIT(CH_ROUTING_KEY),
                               "https://events.pagerduty.com/v2/enqueue"},
     [GW_CHANNEL_TWILIO] = {"twilio",

@@ -1013,6 +1013,29 @@ static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_n
     return admit_upstream(w, req, r, start_ns, request_id, host, timeout, ticket);
 }
 
+/* Copies query parameter `name` of the request into out (NUL-terminated); false when absent or
+ * too long. */
+static bool query_param(h2o_req_t *req, const char *name, char *out, size_t cap)
+{
+    if (req->query_at == SIZE_MAX)
+        return false;
+    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q)), *stop = amp != NULL ? amp : end;
+        if ((size_t)(stop - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
+            size_t vlen = (size_t)(stop - q) - nlen - 1;
+            if (vlen >= cap)
+                return false;
+            memcpy(out, q + nlen + 1, vlen);
+            out[vlen] = '\0';
+            return true;
+        }
+        q = stop + 1;
+    }
+    return false;
+}
+
 /*
  * GET /ack/TOKEN: a signed, expiring acknowledgement link from an alert message (alerts/acklink.h).
  * The worker only verifies the token (no SQLite here); the acknowledgement itself travels to the
@@ -1037,17 +1060,33 @@ static int handle_ack_link(gw_worker_t *w, h2o_req_t *req, uint64_t start_ns,
     if (v != 0)
         return reply_local(w, req, r, start_ns, request_id, 403, "invalid_ack_link", NULL,
                            "this acknowledgement link is not valid");
-    char fields[96];
-    snprintf(fields, sizeof(fields), "{\"alert_id\":%lld,\"via\":\"link\"}", (long long)id);
-    gw_worker_event(w, "ack_request", fields);
-    char *body = h2o_mem_alloc_pool(&req->pool, 96);
-    int n = snprintf(body, 96, "Alert %lld acknowledged.\n", (long long)id);
+    /* A phone call's <Gather> comes back as ?Digits=N (Twilio): only "1" acknowledges, and the
+     * answer must be TwiML. A click in a chat or an email has no Digits. */
+    char digits[8];
+    bool phone = query_param(req, "Digits", digits, sizeof(digits));
+    bool ack = !phone || strcmp(digits, "1") == 0;
+    if (ack) {
+        char fields[96];
+        snprintf(fields, sizeof(fields), "{\"alert_id\":%lld,\"via\":\"%s\"}", (long long)id,
+                 phone ? "phone" : "link");
+        gw_worker_event(w, "ack_request", fields);
+    }
+    char *body = h2o_mem_alloc_pool(&req->pool, 160);
+    int n = phone ? snprintf(body, 160,
+                             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>%s"
+                             "</Say></Response>",
+                             ack ? "Acknowledged. Thank you." : "Not acknowledged. Goodbye.")
+                  : snprintf(body, 160, "Alert %lld acknowledged.\n", (long long)id);
     add_request_id_header(req, request_id);
     req->res.status = 200;
     req->res.reason = "OK";
     req->res.content_length = (size_t)n;
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("text/plain; charset=utf-8"));
+    if (phone)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                       H2O_STRLIT("text/xml; charset=utf-8"));
+    else
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                       H2O_STRLIT("text/plain; charset=utf-8"));
     h2o_send_inline(req, body, (size_t)n);
     count_local_reply(w, r, 200, start_ns);
     return 1;

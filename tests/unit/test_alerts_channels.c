@@ -479,7 +479,7 @@ static void registry_by_type_and_name(void **state)
 
     assert_ptr_equal(al_channel_ops(GW_CHANNEL_WEBHOOK), &al_channel_webhook);
     assert_ptr_equal(al_channel_ops(GW_CHANNEL_CONSOLE), &al_channel_console);
-    assert_null(al_channel_ops(GW_CHANNEL_SLACK)); /* not in this build yet */
+    assert_ptr_equal(al_channel_ops(GW_CHANNEL_SLACK), &al_channel_slack);
     assert_null(al_channel_ops(GW_CHANNEL_TYPE_COUNT));
     assert_string_equal(al_channel_type_name(GW_CHANNEL_DINGTALK), "dingtalk");
     assert_string_equal(al_channel_type_name(GW_CHANNEL_TYPE_COUNT), "unknown");

@@ -760,30 +760,37 @@ static void close_in_flight_then_restart_resumes_the_delivery(void **state)
 
 static int setup_console_and_slack(void **state)
 {
-    *state = fx_new(NULL,
+    static const char *const ok_like_slack[] = {"--body", "ok", NULL};
+
+    *state = fx_new(ok_like_slack,
                     "    P0: { channels: [log] }\n    P1: { channels: [log, chat] }\n"
                     "    P2: { channels: [log] }\n",
                     NULL);
     return 0;
 }
 
-static void console_is_sent_and_an_unsupported_type_fails_as_broken(void **state)
+/* The console channel writes its line; the slack channel (channel_slack.c) posts Slack's shape
+ * and counts the receiver's plain "ok" as sent. */
+static void console_is_sent_and_slack_gets_its_message(void **state)
 {
     fx_t *f = *state;
     char buf[4096];
     ssize_t n;
-    json_t *line;
-    char *err;
+    json_t *line, *reqs;
 
     raise_event(f, "breaker_open", BREAKER("users"));
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "sent", "SELECT status FROM deliveries WHERE channel = 'log'");
-    assert_q_text(f, "failed", "SELECT status FROM deliveries WHERE channel = 'chat'");
-    err = q_text(f, "SELECT last_error FROM deliveries WHERE channel = 'chat'");
-    assert_string_equal(err, "channel type 'slack' is not supported by this build");
+    assert_q_text(f, "sent", "SELECT status FROM deliveries WHERE channel = 'chat'");
     assert_int_equal(counter(f, "log", "sent"), 1);
-    assert_int_equal(counter(f, "chat", "broken"), 1);
-    assert_int_equal(rcv_count(&f->rcv), 0);
+    assert_int_equal(counter(f, "chat", "sent"), 1);
+    reqs = rcv_requests(&f->rcv);
+    assert_int_equal(json_array_size(reqs), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(reqs, 0), "path")),
+                        "/slack");
+    assert_true(
+        json_is_array(json_object_get(json_object_get(json_array_get(reqs, 0), "json"), "blocks")));
+    json_decref(reqs);
     n = pread(f->console_fd, buf, sizeof(buf) - 1, 0);
     assert_true(n > 0);
     buf[n] = '\0';
@@ -793,7 +800,6 @@ static void console_is_sent_and_an_unsupported_type_fails_as_broken(void **state
     assert_string_equal(json_string_value(json_object_get(line, "event")), "breaker_open");
     assert_string_equal(json_string_value(json_object_get(line, "channel")), "log");
     json_decref(line);
-    free(err);
 }
 
 static int setup_grouped(void **state)
@@ -999,7 +1005,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(close_in_flight_then_restart_resumes_the_delivery,
                                         setup_hang, teardown),
-        cmocka_unit_test_setup_teardown(console_is_sent_and_an_unsupported_type_fails_as_broken,
+        cmocka_unit_test_setup_teardown(console_is_sent_and_slack_gets_its_message,
                                         setup_console_and_slack, teardown),
         cmocka_unit_test_setup_teardown(a_grouped_notification_is_one_request_per_alert,
                                         setup_grouped, teardown),

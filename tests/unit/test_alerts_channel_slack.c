@@ -1,0 +1,225 @@
+/* test_alerts_channel_slack.c - alerts/channel_slack.c: Slack incoming webhooks.
+ *
+ * Message shape (text + header/section/context blocks) for a firing, a resolved, an
+ * acknowledged and a grouped notification; mrkdwn escaping; the block and size bounds; and the
+ * reply table: only 200 "ok" is sent, 429 honours Retry-After or a JSON retry_after.
+ */
+#include "test_alerts_channel_fixture.h"
+
+#define URL "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+
+static gw_channel_config_t cfg = {.name = "chat", .type = GW_CHANNEL_SLACK, .url = URL};
+
+static void firing_has_header_section_and_context_blocks(void **state)
+{
+    fx_t f;
+    json_t *j;
+
+    fx_install_ack_secret();
+    fx_init(&f, &cfg, FX_FIRING, GW_TIER_P0, true);
+    assert_int_equal(fx_parts(&f, &al_channel_slack), 1);
+    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
+    assert_string_equal(f.req.url, URL);
+    assert_string_equal(f.req.content_type, "application/json");
+    j = fx_json(&f);
+    assert_string_equal(fx_str(j, "text"), "[P0] FIRING: " FX_SUMMARY);
+    assert_int_equal(json_array_size(fx_at(j, "blocks")), 3);
+    assert_string_equal(fx_str(j, "blocks.0.type"), "header");
+    assert_string_equal(fx_str(j, "blocks.0.text.type"), "plain_text");
+    assert_string_equal(fx_str(j, "blocks.0.text.text"), "[P0] FIRING: " FX_SUMMARY);
+    assert_string_equal(fx_str(j, "blocks.1.type"), "section");
+    assert_string_equal(fx_str(j, "blocks.1.text.type"), "mrkdwn");
+    assert_non_null(strstr(fx_str(j, "blocks.1.text.text"),
+                           "*" FX_SUMMARY "*\n`breaker_open{upstream=\"users\"}`  upstream=users\n"
+                           "since 2026-01-01T00:00:00Z" AL_MIDDOT "count 3" AL_MIDDOT
+                           "escalation 1\n<" FX_EXTERNAL_URL "/ack/"));
+    assert_string_equal(fx_str(j, "blocks.2.type"), "context");
+    assert_string_equal(fx_str(j, "blocks.2.elements.0.text"),
+                        "Breakwater" AL_MIDDOT "breakwater@host");
+    json_decref(j);
+    fx_dispose(&f);
+}
+
+static void ack_link_is_a_slack_link_with_a_genuine_token(void **state)
+{
+    fx_t f;
+    json_t *j;
+    char link[512];
+    const char *p;
+
+    fx_install_ack_secret();
+    fx_init(&f, &cfg, FX_FIRING, GW_TIER_P0, true);
+    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
+    j = fx_json(&f);
+    p = strchr(fx_str(j, "blocks.1.text.text"), '<');
+    assert_non_null(p);
+    snprintf(link, sizeof(link), "%s", p + 1);
+    assert_non_null(strstr(link, "|Acknowledge>"));
+    *strchr(link, '|') = '\0';
+    assert_true(fx_ack_link_ok(link, 42));
+    json_decref(j);
+    fx_dispose(&f);
+}
+
+static void resolved_and_acknowledged_have_no_ack_link(void **state)
+{
+    static const char *const payloads[] = {FX_RESOLVED, FX_ACKED};
+    static const char *const titles[] = {"[P0] RESOLVED: " FX_SUMMARY,
+                                         "[P0] ACKNOWLEDGED: " FX_SUMMARY};
+
+    fx_install_ack_secret();
+    for (size_t i = 0; i < 2; i++) {
+        fx_t f;
+        json_t *j;
+        fx_init(&f, &cfg, payloads[i], GW_TIER_P0, true);
+        assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
+        j = fx_json(&f);
+        assert_string_equal(fx_str(j, "blocks.0.text.text"), titles[i]);
+        assert_null(strstr(f.req.body, "Acknowledge>"));
+        json_decref(j);
+        fx_dispose(&f);
+    }
+}
+
+static void mrkdwn_control_characters_are_escaped(void **state)
+{
+    const char *payload = FX_PAYLOAD(
+        "firing", "P1",
+        "{\"alert_id\":\"1\",\"dedup_key\":\"k<1>\",\"status\":\"firing\",\"summary\":"
+        "\"a < b && c > d <!channel> <https://evil|click>\",\"labels\":{\"x\":\"<y>\"}}");
+    fx_t f;
+    json_t *j;
+    const char *text;
+
+    fx_init(&f, &cfg, payload, GW_TIER_P1, false);
+    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
+    j = fx_json(&f);
+    text = fx_str(j, "blocks.1.text.text");
+    assert_non_null(strstr(text, "*a &lt; b &amp;&amp; c &gt; d &lt;!channel&gt; "
+                                 "&lt;https://evil|click&gt;*"));
+    assert_non_null(strstr(text, "`k&lt;1&gt;`  x=&lt;y&gt;"));
+    assert_null(strchr(text, '<')); /* no link, no mention can be injected */
+    assert_null(strchr(fx_str(j, "text"), '<'));
+    /* the header is plain_text: shown as is */
+    assert_string_equal(fx_str(j, "blocks.0.text.text"),
+                        "[P1] FIRING: a < b && c > d <!channel> <https://evil|click>");
+    json_decref(j);
+    fx_dispose(&f);
+}
+
+static void group_of_fifty_stays_under_fifty_blocks(void **state)
+{
+    char *payload, *alerts = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&alerts, &len);
+    json_t *j, *blocks;
+    fx_t f;
+
+    for (int i = 0; i < 50; i++)
+        fprintf(mem, "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"summary\":\"alert %d\"}",
+                i ? "," : "", i + 1, i, i);
+    fclose(mem);
+    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
+    fx_init(&f, &cfg, payload, GW_TIER_P2, false);
+    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
+    j = fx_json(&f);
+    blocks = fx_at(j, "blocks");
+    assert_true(json_array_size(blocks) <= 50);
+    assert_string_equal(fx_str(j, "blocks.0.text.text"), "[P2] FIRING: 50 alerts");
+    assert_non_null(
+        strstr(json_string_value(
+                   fx_at(json_array_get(blocks, json_array_size(blocks) - 1), "elements.0.text")),
+               "and 5 more"));
+    json_decref(j);
+    fx_dispose(&f);
+    free(payload);
+    free(alerts);
+}
+
+static void long_summary_is_cut_within_section_and_header_limits(void **state)
+{
+    char summary[5001], *payload;
+    json_t *j;
+    fx_t f;
+
+    memset(summary, 'z', sizeof(summary) - 1);
+    summary[sizeof(summary) - 1] = '\0';
+    /* a multi-byte character right where the header is cut */
+    memcpy(summary + 140, "\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC", 12);
+    assert_true(asprintf(&payload,
+                         FX_PAYLOAD("firing", "P1",
+                                    "{\"alert_id\":\"1\",\"dedup_key\":\"k\",\"summary\":\"%s\"}"),
+                         summary) > 0);
+    fx_init(&f, &cfg, payload, GW_TIER_P1, false);
+    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
+    j = fx_json(&f); /* valid JSON: jansson refuses invalid UTF-8 */
+    assert_true(strlen(fx_str(j, "blocks.0.text.text")) <= 150);
+    assert_true(strlen(fx_str(j, "blocks.1.text.text")) <= 3000);
+    json_decref(j);
+    fx_dispose(&f);
+    free(payload);
+}
+
+static void build_refuses_what_it_cannot_send(void **state)
+{
+    gw_channel_config_t no_url = {.name = "chat", .type = GW_CHANNEL_SLACK};
+    fx_t f;
+
+    fx_init(&f, &no_url, FX_FIRING, GW_TIER_P0, false);
+    assert_int_equal(fx_build(&f, &al_channel_slack, 0), AL_EBADINPUT);
+    fx_dispose(&f);
+}
+
+static void replies(void **state)
+{
+    static const fx_reply_case_t rows[] = {
+        {"ok", 200, NULL, "ok", AL_REPLY_SENT, 0},
+        {"ok with newline", 200, NULL, "ok\n", AL_REPLY_SENT, 0},
+        {"200 JSON ok:true is not Slack's", 200, NULL, "{\"ok\":true}", AL_REPLY_RETRY, 0},
+        {"200 empty", 200, NULL, "", AL_REPLY_RETRY, 0},
+        {"204", 204, NULL, "", AL_REPLY_RETRY, 0},
+        {"invalid_payload", 400, NULL, "invalid_payload", AL_REPLY_PERMANENT, 0},
+        {"no_text", 400, NULL, "no_text", AL_REPLY_PERMANENT, 0},
+        {"action_prohibited", 403, NULL, "action_prohibited", AL_REPLY_BROKEN, 0},
+        {"invalid_token", 403, NULL, "invalid_token", AL_REPLY_BROKEN, 0},
+        {"no_service", 404, NULL, "no_service", AL_REPLY_BROKEN, 0},
+        {"channel_not_found", 404, NULL, "channel_not_found", AL_REPLY_BROKEN, 0},
+        {"channel_is_archived", 410, NULL, "channel_is_archived", AL_REPLY_BROKEN, 0},
+        {"rate limited, header", 429, "Retry-After: 30\r\n", "rate_limited", AL_REPLY_RETRY, 30000},
+        {"rate limited, body", 429, NULL,
+         "{\"ok\":false,\"error\":\"ratelimited\","
+         "\"retry_after\":7}",
+         AL_REPLY_RETRY, 7000},
+        {"rate limited, header wins", 429, "Retry-After: 2\r\n", "{\"retry_after\":7}",
+         AL_REPLY_RETRY, 2000},
+        {"rate limited, huge", 429, NULL, "{\"retry_after\":99999999}", AL_REPLY_RETRY,
+         AL_RETRY_AFTER_MAX_MS},
+        {"rate limited, bare", 429, NULL, "rate_limited", AL_REPLY_RETRY, 0},
+        {"rollup_error", 500, NULL, "rollup_error", AL_REPLY_RETRY, 0},
+        {"redirect", 302, "Location: https://x\r\n", "", AL_REPLY_BROKEN, 0},
+    };
+
+    fx_reply_table(&al_channel_slack, &cfg, rows, sizeof(rows) / sizeof(rows[0]));
+    fx_truncated_is_not_sent(&al_channel_slack, &cfg, 200, "ok");
+}
+
+static void registered_for_its_type(void **state)
+{
+    assert_ptr_equal(al_channel_ops(GW_CHANNEL_SLACK), &al_channel_slack);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(firing_has_header_section_and_context_blocks),
+        cmocka_unit_test(ack_link_is_a_slack_link_with_a_genuine_token),
+        cmocka_unit_test(resolved_and_acknowledged_have_no_ack_link),
+        cmocka_unit_test(mrkdwn_control_characters_are_escaped),
+        cmocka_unit_test(group_of_fifty_stays_under_fifty_blocks),
+        cmocka_unit_test(long_summary_is_cut_within_section_and_header_limits),
+        cmocka_unit_test(build_refuses_what_it_cannot_send),
+        cmocka_unit_test(replies),
+        cmocka_unit_test(registered_for_its_type),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,146 @@
+/* test_alerts_channel_teams.c - alerts/channel_teams.c: Microsoft Teams incoming webhooks.
+ *
+ * The Adaptive Card in "attachments" for a firing, a resolved, an acknowledged and a grouped
+ * notification; the size bound; the reply table (2xx accepted, except the legacy connector's
+ * "HTTP 200 but throttled" text).
+ */
+#include "test_alerts_channel_fixture.h"
+
+#define URL "https://prod-00.westus.logic.azure.com/workflows/abc/triggers/manual?sig=S3CRET"
+
+static gw_channel_config_t cfg = {.name = "teams", .type = GW_CHANNEL_TEAMS, .url = URL};
+
+static void firing_is_an_adaptive_card_attachment(void **state)
+{
+    fx_t f;
+    json_t *j, *card, *facts;
+
+    fx_install_ack_secret();
+    fx_init(&f, &cfg, FX_FIRING, GW_TIER_P0, true);
+    assert_int_equal(fx_parts(&f, &al_channel_teams), 1);
+    assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
+    assert_string_equal(f.req.url, URL);
+    j = fx_json(&f);
+    assert_string_equal(fx_str(j, "type"), "message");
+    assert_int_equal(json_array_size(fx_at(j, "attachments")), 1);
+    assert_string_equal(fx_str(j, "attachments.0.contentType"),
+                        "application/vnd.microsoft.card.adaptive");
+    assert_true(json_is_null(fx_at(j, "attachments.0.contentUrl")));
+    card = fx_at(j, "attachments.0.content");
+    assert_string_equal(fx_str(card, "type"), "AdaptiveCard");
+    assert_string_equal(fx_str(card, "version"), "1.4");
+    assert_string_equal(fx_str(card, "$schema"),
+                        "http://adaptivecards.io/schemas/adaptive-card.json");
+    assert_string_equal(fx_str(card, "body.0.text"), "[P0] FIRING: " FX_SUMMARY);
+    assert_string_equal(fx_str(card, "body.0.color"), "Attention");
+    assert_string_equal(fx_str(card, "body.1.type"), "Container");
+    assert_string_equal(fx_str(card, "body.1.items.0.text"), FX_SUMMARY);
+    facts = fx_at(card, "body.1.items.1.facts");
+    assert_string_equal(fx_str(facts, "0.title"), "Key");
+    assert_string_equal(fx_str(facts, "0.value"), "breaker_open{upstream=\"users\"}");
+    assert_string_equal(fx_str(facts, "1.title"), "upstream");
+    assert_string_equal(fx_str(facts, "1.value"), "users");
+    assert_string_equal(fx_str(facts, "2.value"), "2026-01-01T00:00:00Z");
+    assert_string_equal(fx_str(facts, "3.title"), "Count");
+    assert_string_equal(fx_str(card, "body.1.items.2.actions.0.type"), "Action.OpenUrl");
+    assert_true(fx_ack_link_ok(fx_str(card, "body.1.items.2.actions.0.url"), 42));
+    assert_string_equal(fx_str(card, "body.2.text"), "Breakwater" AL_MIDDOT "breakwater@host");
+    json_decref(j);
+    fx_dispose(&f);
+}
+
+static void resolved_is_good_and_acknowledged_accent_without_actions(void **state)
+{
+    static const char *const payloads[] = {FX_RESOLVED, FX_ACKED};
+    static const char *const colours[] = {"Good", "Accent"};
+
+    fx_install_ack_secret();
+    for (size_t i = 0; i < 2; i++) {
+        fx_t f;
+        json_t *j;
+        fx_init(&f, &cfg, payloads[i], GW_TIER_P0, true);
+        assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
+        j = fx_json(&f);
+        assert_string_equal(fx_str(j, "attachments.0.content.body.0.color"), colours[i]);
+        assert_null(strstr(f.req.body, "Action.OpenUrl"));
+        json_decref(j);
+        fx_dispose(&f);
+    }
+}
+
+static void group_has_a_container_per_alert(void **state)
+{
+    fx_t f;
+    json_t *j;
+
+    fx_init(&f, &cfg, FX_GROUP, GW_TIER_P2, false);
+    assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
+    j = fx_json(&f);
+    assert_string_equal(fx_str(j, "attachments.0.content.body.0.text"), "[P2] FIRING: 2 alerts");
+    assert_string_equal(fx_str(j, "attachments.0.content.body.0.color"), "Warning");
+    assert_string_equal(fx_str(j, "attachments.0.content.body.2.items.0.text"),
+                        "Host 10.0.0.1:80 of upstream 'users' is down");
+    json_decref(j);
+    fx_dispose(&f);
+}
+
+static void large_group_stays_under_the_message_limit(void **state)
+{
+    char summary[1501], *payload, *alerts = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&alerts, &len);
+    fx_t f;
+
+    memset(summary, 'q', sizeof(summary) - 1);
+    summary[sizeof(summary) - 1] = '\0';
+    for (int i = 0; i < 50; i++)
+        fprintf(mem, "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"summary\":\"%s\"}",
+                i ? "," : "", i + 1, i, summary);
+    fclose(mem);
+    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P1", "%s"), alerts) > 0);
+    fx_init(&f, &cfg, payload, GW_TIER_P1, false);
+    assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
+    assert_true(f.req.body_len < 28 * 1024);
+    assert_non_null(strstr(f.req.body, "more"));
+    fx_dispose(&f);
+    free(payload);
+    free(alerts);
+}
+
+static void replies(void **state)
+{
+    static const fx_reply_case_t rows[] = {
+        {"workflows accepted", 202, NULL, "", AL_REPLY_SENT, 0},
+        {"legacy connector", 200, NULL, "1", AL_REPLY_SENT, 0},
+        {"legacy throttled under 200", 200, NULL,
+         "Webhook message delivery failed with error: Microsoft Teams endpoint returned HTTP "
+         "error 429 with ContextId tcid=0,server=msgapi",
+         AL_REPLY_RETRY, 0},
+        {"bad card", 400, NULL, "{\"error\":{\"code\":\"InvalidRequestContent\"}}",
+         AL_REPLY_PERMANENT, 0},
+        {"flow deleted", 404, NULL, "", AL_REPLY_BROKEN, 0},
+        {"sig wrong", 401, NULL, "", AL_REPLY_BROKEN, 0},
+        {"throttled", 429, "Retry-After: 10\r\n", "", AL_REPLY_RETRY, 10000},
+        {"server", 502, NULL, "", AL_REPLY_RETRY, 0},
+    };
+
+    fx_reply_table(&al_channel_teams, &cfg, rows, sizeof(rows) / sizeof(rows[0]));
+}
+
+static void registered_for_its_type(void **state)
+{
+    assert_ptr_equal(al_channel_ops(GW_CHANNEL_TEAMS), &al_channel_teams);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(firing_is_an_adaptive_card_attachment),
+        cmocka_unit_test(resolved_is_good_and_acknowledged_accent_without_actions),
+        cmocka_unit_test(group_has_a_container_per_alert),
+        cmocka_unit_test(large_group_stays_under_the_message_limit),
+        cmocka_unit_test(replies),
+        cmocka_unit_test(registered_for_its_type),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
