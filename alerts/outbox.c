@@ -5,12 +5,12 @@
  * engine.c in the transaction of the state change). Its life (migrations/0002_alerts.sql):
  *
  *   pending --claim (lease)--> sending --OK--> sent
- *      ^                          |--RETRY, or AMBIGUOUS on P0/P1, or lease expired on P0/P1
+ *      ^                          |--RETRY, or AMBIGUOUS on P0/P1, or lease expired (any tier)
  *      |                          |      (next_attempt_at = now + backoff, >= Retry-After)
  *      +--------------------------+
  *                                 |--PERMANENT, or max_attempts, or next attempt past max_age-->
  * failed
- *                                 |--AMBIGUOUS on P2, or lease expired on P2--> ambiguous
+ *                                 |--AMBIGUOUS on P2--> ambiguous
  *   pending/sending --its alerts acknowledged or resolved before the send--> cancelled
  *
  * Why leases: the sender is asynchronous (libcurl multi on the control loop). A claimed row stays
@@ -269,11 +269,19 @@ static int finish_locked(al_engine_t *e, const dlv_t *d, uint32_t attempt, const
     return r;
 }
 
-/* Expired leases (lease_until <= until) become ambiguous attempts; *n how many. */
+/*
+ * Expired leases (lease_until <= until) are retried, whatever the tier; *n how many. A lease runs
+ * out when the sender never reported (the process died, or a bug): we do not know whether the
+ * request even left (it was often still connecting), so the notification is sent again with the
+ * same Idempotency-Key. SPEC 4: what was accepted is delivered after a restart; a possible
+ * duplicate beats a lost notification. (A send the sender saw time out after the request went out
+ * is a different case: AL_SEND_AMBIGUOUS, final on P2.)
+ */
 static int reap_locked(al_engine_t *e, uint64_t until, uint64_t now, size_t *n)
 {
-    static const al_attempt_t lost = {AL_SEND_AMBIGUOUS, 0, 0,
-                                      "lease expired: the sender did not report a result"};
+    static const al_attempt_t lost = {AL_SEND_RETRY, 0, 0,
+                                      "lease expired: the sender did not report a result (the "
+                                      "process died?); sending again"};
     sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_EXPIRED_LEASES);
     dlv_t v[REAP_BATCH];
     int rc = SQLITE_DONE, r = 0;

@@ -16,6 +16,7 @@ packages=(
     curl sqlite3 iproute2 procps nftables
     wrk                                 # reload-under-load test (drives a steady load)
     gnuplot-nox                         # chaos/plot.sh timelines
+    faketime                            # chaos clock_jump scenario (CLOCK_REALTIME only)
 )
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(nghttp2-client nginx-light)

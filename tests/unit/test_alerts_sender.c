@@ -743,13 +743,13 @@ static void close_in_flight_then_restart_resumes_the_delivery(void **state)
     assert_q_text(f, "sending", "SELECT status FROM deliveries");
     /* a restart (as after kill -9): reopen, start, a new sender */
     engine_close(f);
-    engine_open(f); /* al_engine_start: the lost send is an ambiguous attempt, P1 -> pending */
+    engine_open(f); /* al_engine_start: the lost send's lease is over: retried (same key) */
     assert_q_text(f, "pending", "SELECT status FROM deliveries");
     rcv_mode(&f->rcv, "{\"mode\":\"ok\"}");
     sender_start(f);
     assert_true(run_until(f, one_sent, 5000));
     results = attempt_results(f);
-    assert_string_equal(results, "ambiguous,ok");
+    assert_string_equal(results, "retry,ok");
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 2);
     assert_string_equal(req_header(json_array_get(reqs, 0), "Idempotency-Key"),
