@@ -13,9 +13,9 @@
  * sockets). When the last old child is gone the old generation is freed.
  *
  * Children of the current generation that die are replaced at once, in the same slot, except
- * during a crash loop: more than CRASH_LOOP_COUNT crashes within CRASH_LOOP_WINDOW_MS delay each
- * respawn exponentially (RESPAWN_BASE_MS doubling up to RESPAWN_MAX_MS) and raise `crash_loop`;
- * the other workers keep serving meanwhile.
+ * during a crash loop (crashloop.h: more than 5 crashes within 60 s): each respawn is then
+ * delayed, 0.5 s doubling up to 30 s, `crash_loop` is raised, and the other workers keep serving
+ * meanwhile (the last live worker is never held back).
  *
  * Watchdog: each worker bumps a heartbeat in its stats slot every 100 ms from its event loop. A
  * ready worker whose heartbeat is older than watchdog.stall_after is killed (SIGKILL) and
@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "crashloop.h"
 #include "acklink.h"
 #include "db.h"
 #include "events.h"
@@ -49,10 +50,9 @@
 #include "stats.h"
 #include "worker.h"
 
-#define CRASH_LOOP_COUNT 5
-#define CRASH_LOOP_WINDOW_MS 60000
-#define RESPAWN_BASE_MS 500
-#define RESPAWN_MAX_MS 30000
+#define CRASH_LOOP_COUNT GW_CRASH_LOOP_COUNT
+#define CRASH_LOOP_WINDOW_MS GW_CRASH_LOOP_WINDOW_MS
+#define RESPAWN_BASE_MS GW_RESPAWN_BASE_MS
 #define STOP_GRACE_MS 2000
 #define RELOAD_READY_TIMEOUT_MS 10000
 #define ANNOUNCE_TIMEOUT_MS 5000
@@ -102,9 +102,7 @@ typedef struct supervisor {
     pid_t self;
     child_t *children;
     size_t nchildren, cap_children;
-    uint64_t crash_times[CRASH_LOOP_COUNT + 1]; /* ring of recent crash times */
-    size_t ncrash;
-    uint32_t respawn_backoff_ms;
+    gw_crashloop_t crashloop;
     bool stopping;
     uint64_t stop_deadline_ms;
     bool reloading; /* new generation started, waiting for its workers to be ready */
@@ -342,28 +340,17 @@ static const char *child_name(const child_t *c)
 /* Records a crash; returns the delay before the respawn (0 outside a crash loop). */
 static uint64_t note_crash(supervisor_t *s, uint64_t now)
 {
-    s->crash_times[s->ncrash++ % (CRASH_LOOP_COUNT + 1)] = now;
-    bool loop = s->ncrash > CRASH_LOOP_COUNT &&
-                now - s->crash_times[s->ncrash % (CRASH_LOOP_COUNT + 1)] < CRASH_LOOP_WINDOW_MS;
-    if (!loop) {
-        s->respawn_backoff_ms = 0;
-        return 0;
-    }
-    bool entering = s->respawn_backoff_ms == 0;
-    s->respawn_backoff_ms =
-        entering ? RESPAWN_BASE_MS
-                 : (s->respawn_backoff_ms * 2 > RESPAWN_MAX_MS ? RESPAWN_MAX_MS
-                                                               : s->respawn_backoff_ms * 2);
+    bool entering = false;
+    uint64_t delay = gw_crashloop_note(&s->crashloop, now, &entering);
     if (entering) {
         GW_STAT_SET(s->shared->crash_loop, 1);
         gw_log(GW_LOG_ERROR, "crash loop: delaying worker respawns", "{s:i, s:i}", "crashes",
                CRASH_LOOP_COUNT + 1, "window_ms", CRASH_LOOP_WINDOW_MS);
         emit(s, "crash_loop", -1,
              json_pack("{s:i, s:i, s:I}", "crashes", CRASH_LOOP_COUNT + 1, "window_ms",
-                       CRASH_LOOP_WINDOW_MS, "respawn_delay_ms",
-                       (json_int_t)s->respawn_backoff_ms));
+                       CRASH_LOOP_WINDOW_MS, "respawn_delay_ms", (json_int_t)delay));
     }
-    return s->respawn_backoff_ms;
+    return delay;
 }
 
 /* The crash record a dying worker left, as JSON fields (with the symbolized backtrace). */
@@ -746,9 +733,7 @@ static void run_timers(supervisor_t *s)
         if (c->gen != NULL && c->respawn_at_ms != 0 && c->respawn_at_ms <= now && !s->stopping)
             spawn(s, c);
     }
-    if (s->respawn_backoff_ms != 0 && s->ncrash > 0 &&
-        now - s->crash_times[(s->ncrash - 1) % (CRASH_LOOP_COUNT + 1)] >= CRASH_LOOP_WINDOW_MS) {
-        s->respawn_backoff_ms = 0; /* a quiet window: the loop is over */
+    if (gw_crashloop_quiet(&s->crashloop, now)) { /* a quiet window: the loop is over */
         GW_STAT_SET(s->shared->crash_loop, 0);
         gw_log(GW_LOG_INFO, "crash loop over", NULL);
     }
