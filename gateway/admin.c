@@ -19,6 +19,7 @@
 #include "health.h"
 #include "log.h"
 #include "owner.h"
+#include "query.h"
 #include "reply.h"
 
 typedef struct admin_handler {
@@ -239,33 +240,6 @@ static void handle_upstreams(gw_admin_t *a, h2o_req_t *req)
     send_json(req, 200, json_pack("{s:o}", "upstreams", list));
 }
 
-/* Reads an unsigned integer query parameter; returns `dflt` when absent, -1 when malformed. */
-static int64_t query_uint(h2o_req_t *req, const char *name, int64_t dflt)
-{
-    if (req->query_at == SIZE_MAX)
-        return dflt;
-    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *stop = amp != NULL ? amp : end;
-        if ((size_t)(stop - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
-            int64_t v = 0;
-            const char *d = q + nlen + 1;
-            if (d == stop || stop - d > 18)
-                return -1;
-            for (; d < stop; d++) {
-                if (*d < '0' || *d > '9')
-                    return -1;
-                v = v * 10 + (*d - '0');
-            }
-            return v;
-        }
-        q = stop + 1;
-    }
-    return dflt;
-}
-
 static int event_row(void *ctx, int64_t id, int64_t ts_ms, const char *kind, int32_t worker,
                      const char *fields_json)
 {
@@ -280,7 +254,7 @@ static int event_row(void *ctx, int64_t id, int64_t ts_ms, const char *kind, int
 
 static void handle_events(gw_admin_t *a, h2o_req_t *req)
 {
-    int64_t since = query_uint(req, "since", 0), limit = query_uint(req, "limit", 100);
+    int64_t since = gw_query_uint(req, "since", 0), limit = gw_query_uint(req, "limit", 100);
     if (since < 0 || limit < 1 || limit > 1000) {
         send_error(req, 400, "bad_request",
                    "'since' must be an event id (>= 0) and 'limit' 1..1000");

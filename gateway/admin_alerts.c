@@ -20,6 +20,7 @@
 #include "admin.h"
 #include "acklink.h"
 #include "alerts.h"
+#include "query.h"
 #include "sender.h"
 
 static uint64_t unix_ms(void)
@@ -80,32 +81,11 @@ static bool path_ends_with(h2o_req_t *req, const char *s)
     return len >= n && memcmp(req->path_normalized.base + len - n, s, n) == 0;
 }
 
-static const char *query_value(h2o_req_t *req, const char *name, char *buf, size_t cap)
-{
-    if (req->query_at == SIZE_MAX)
-        return NULL;
-    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q)), *stop = amp != NULL ? amp : end;
-        if ((size_t)(stop - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
-            size_t vlen = (size_t)(stop - q) - nlen - 1;
-            if (vlen >= cap)
-                return NULL;
-            memcpy(buf, q + nlen + 1, vlen);
-            buf[vlen] = '\0';
-            return buf;
-        }
-        q = stop + 1;
-    }
-    return NULL;
-}
-
 static void list_alerts(gw_admin_t *a, h2o_req_t *req)
 {
     char status[32], limit_s[16];
-    const char *st = query_value(req, "status", status, sizeof(status));
-    const char *lim = query_value(req, "limit", limit_s, sizeof(limit_s));
+    const char *st = gw_query_param(req, "status", status, sizeof(status)) == 1 ? status : NULL;
+    const char *lim = gw_query_param(req, "limit", limit_s, sizeof(limit_s)) == 1 ? limit_s : NULL;
     char *json = NULL;
     int r =
         al_alerts_json(a->engine, st, lim != NULL ? (uint32_t)strtoul(lim, NULL, 10) : 0, &json);
@@ -192,8 +172,8 @@ static void silences(gw_admin_t *a, h2o_req_t *req, bool get, bool post, bool de
     char *json = NULL, err[256] = "";
     if (get && req->path_normalized.len == strlen("/api/v1/silences")) {
         char all[8];
-        const char *v = query_value(req, "all", all, sizeof(all));
-        int r = al_silences_json(a->engine, unix_ms(), v != NULL && strcmp(v, "1") == 0, &json);
+        bool include_all = gw_query_param(req, "all", all, sizeof(all)) == 1 && !strcmp(all, "1");
+        int r = al_silences_json(a->engine, unix_ms(), include_all, &json);
         if (r != 0)
             send_engine_error(req, r, NULL);
         else

@@ -42,6 +42,7 @@
 #include "acklink.h"
 #include "http1.h"
 #include "log.h"
+#include "query.h"
 #include "reply.h"
 #include "worker.h"
 
@@ -1013,29 +1014,6 @@ static int admit(gw_worker_t *w, h2o_req_t *req, int route_idx, uint64_t start_n
     return admit_upstream(w, req, r, start_ns, request_id, host, timeout, ticket);
 }
 
-/* Copies query parameter `name` of the request into out (NUL-terminated); false when absent or
- * too long. */
-static bool query_param(h2o_req_t *req, const char *name, char *out, size_t cap)
-{
-    if (req->query_at == SIZE_MAX)
-        return false;
-    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q)), *stop = amp != NULL ? amp : end;
-        if ((size_t)(stop - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
-            size_t vlen = (size_t)(stop - q) - nlen - 1;
-            if (vlen >= cap)
-                return false;
-            memcpy(out, q + nlen + 1, vlen);
-            out[vlen] = '\0';
-            return true;
-        }
-        q = stop + 1;
-    }
-    return false;
-}
-
 /*
  * GET /ack/TOKEN: a signed, expiring acknowledgement link from an alert message (alerts/acklink.h).
  * The worker only verifies the token (no SQLite here); the acknowledgement itself travels to the
@@ -1063,7 +1041,7 @@ static int handle_ack_link(gw_worker_t *w, h2o_req_t *req, uint64_t start_ns,
     /* A phone call's <Gather> comes back as ?Digits=N (Twilio): only "1" acknowledges, and the
      * answer must be TwiML. A click in a chat or an email has no Digits. */
     char digits[8];
-    bool phone = query_param(req, "Digits", digits, sizeof(digits));
+    bool phone = gw_query_param(req, "Digits", digits, sizeof(digits)) == 1;
     bool ack = !phone || strcmp(digits, "1") == 0;
     if (ack) {
         char fields[96];
