@@ -172,6 +172,13 @@ class Gateway:
         with open(self.log_path) as f:
             return f.read()
 
+    def full_log(self):
+        """The whole log: kept as final_log once stopped, else read from the file."""
+        if hasattr(self, "final_log"):
+            return self.final_log
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
     def log_lines(self):
         out = []
         for line in self.logs().splitlines():
@@ -235,6 +242,23 @@ def gateway():
         hits = [g.final_log.find(m) for m in SANITIZER_MARKS if m in g.final_log]
         # show the report from its first line (the stack that matters), not the log's tail
         assert not hits, g.final_log[max(0, min(hits) - 300) : min(hits) + 8000]
+
+
+@pytest.fixture
+def strict_gateway(gateway):
+    """`gateway`, and at teardown every gateway the test started must stop on SIGTERM with exit
+    status 0 (for tests that never kill the gateway themselves)."""
+    started = []
+
+    def start(config, **kw):
+        g = gateway(config, **kw)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        rc = g.stop()
+        assert rc == 0, f"breakwater exited {rc} at teardown:\n{g.full_log()[-4000:]}"
 
 
 def run_breakwater(*args, env=None, cwd=None, timeout=10):

@@ -20,37 +20,10 @@ N_REQUESTS = 24
 TOKEN = "bw-test-token-6c1f0e9a27d4"
 
 
-def final_log(g):
-    """The gateway's whole log once stopped (conftest keeps it as final_log), else the file."""
-    text = getattr(g, "final_log", None)
-    if text is None:
-        with open(g.log_path, errors="replace") as f:
-            text = f.read()
-    return text
-
-
 @pytest.fixture
-def gateway(gateway):
-    """conftest's `gateway`, plus: a start that lost the race for its free ports ("Address
-    already in use": other suites run on this machine too) is retried, and at teardown each
-    gateway must stop with exit status 0 (conftest checks the log for sanitizer reports)."""
-    started = []
-
-    def start(config, **kw):
-        for attempt in range(3):
-            try:
-                g = gateway(config, **kw)
-                break
-            except RuntimeError as e:
-                if "Address already in use" not in str(e) or attempt == 2:
-                    raise
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc} at teardown:\n{final_log(g)[-4000:]}"
+def gateway(strict_gateway):
+    """Every gateway a test here starts must stop with exit 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -316,7 +289,7 @@ def test_admin_token_required_except_healthz_and_never_logged(gateway, upstreams
     assert g.get("/x").status == 200
 
     assert g.stop() == 0
-    logs = final_log(g)
+    logs = g.full_log()
     assert logs.strip(), "no logs at all"
     assert TOKEN not in logs, "the admin token appears in the gateway's logs"
 

@@ -22,37 +22,10 @@ from conftest import Response, free_port
 BODY_SIZE = 100000
 
 
-def final_log(g):
-    """The gateway's whole log once stopped (conftest keeps it as final_log), else the file."""
-    text = getattr(g, "final_log", None)
-    if text is None:
-        with open(g.log_path, errors="replace") as f:
-            text = f.read()
-    return text
-
-
 @pytest.fixture
-def gateway(gateway):
-    """conftest's `gateway`, plus: a start that lost the race for its free ports ("Address
-    already in use": other suites run on this machine too) is retried, and at teardown each
-    gateway must stop with exit status 0 (conftest checks the log for sanitizer reports)."""
-    started = []
-
-    def start(config, **kw):
-        for attempt in range(3):
-            try:
-                g = gateway(config, **kw)
-                break
-            except RuntimeError as e:
-                if "Address already in use" not in str(e) or attempt == 2:
-                    raise
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc} at teardown:\n{final_log(g)[-4000:]}"
+def gateway(strict_gateway):
+    """Every gateway a test here starts must stop with exit 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
 # ---- helpers ----------------------------------------------------------------------------------
