@@ -715,7 +715,10 @@ def test_retry_with_backoff_same_delivery_id_and_metrics(gw, receiver):
     gaps = [b["ts"] - a["ts"] for a, b in zip(got, got[1:])]
     bases = [min(1.0, 0.2 * 2 ** n) for n in range(len(gaps))]  # 0.2 0.4 0.8 1 1 1
     for gap, base in zip(gaps, bases):
-        assert base / 2 - 0.03 <= gap <= base + 0.5, (gaps, bases)
+        # never early (the floor is the property); lateness is the machine's (an ASan run on a
+        # loaded box was 0.68 s late once). A missing cap still fails: uncapped, the 6th gap
+        # would be at least 3.2 s.
+        assert base / 2 - 0.03 <= gap <= base + 1.0, (gaps, bases)
     print(f"\n[alerts] retry gaps {['%.3f' % x for x in gaps]} s (bases {bases})")
     d = wait_for(lambda: (lambda d: d if d["deliveries"][0]["status"] == "sent" else None)(
         alert_detail(g, aid)), 5, "delivery recorded as sent")
