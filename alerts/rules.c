@@ -23,6 +23,8 @@
  *   rate_limited_cleared       clear   rate_limited      route
  *   delivery_failing           raise   delivery_failing  channel          (engine: a success)
  *   delivery_failing_cleared   clear   delivery_failing  channel          (engine only)
+ *   alert_store_degraded       raise   alert_store_...   -                alert_store_recovered
+ *   alert_store_recovered      clear   alert_store_...   -                (control process only)
  *
  * A raise whose rule is absent or "off" becomes a note (lineage on an existing alert only). A
  * clear always resolves: a condition that ended is good news whatever the rules say now.
@@ -202,6 +204,17 @@ static void sum_delivery(json_t *f, json_t *labels, char *out, size_t cap)
     cat(out, cap, " (%lld attempts)", num(f, "attempts", 0));
 }
 
+static void sum_store(json_t *f, json_t *labels, char *out, size_t cap)
+{
+    const char *err = str(f, "error");
+
+    (void)labels;
+    snprintf(out, cap, "Alert store (SQLite) unavailable for %lld s: %s",
+             num(f, "for_ms", 0) / 1000, err != NULL ? err : "store error");
+    cat(out, cap, "; %lld inputs held in memory, %lld dropped", num(f, "held", 0),
+        num(f, "dropped", 0));
+}
+
 #define UP                                                                                         \
     {                                                                                              \
         "upstream", NULL                                                                           \
@@ -279,6 +292,20 @@ static const mapping_t mappings[] = {
      GW_EVENT_DELIVERY_FAILING,
      "delivery_failing",
      {"channel", NULL},
+     false,
+     NULL},
+    {"alert_store_degraded",
+     AL_ACT_RAISE,
+     GW_EVENT_STORE_DEGRADED,
+     "alert_store_degraded",
+     {NULL, NULL},
+     false,
+     sum_store},
+    {"alert_store_recovered",
+     AL_ACT_CLEAR,
+     GW_EVENT_STORE_DEGRADED,
+     "alert_store_degraded",
+     {NULL, NULL},
      false,
      NULL},
 };

@@ -83,8 +83,15 @@ typedef struct sock {
     struct sock *prev, *next;
 } sock_t;
 
+/* Where the outcome of a send goes when it is not an outbox row (al_sender_send_unstored). */
+typedef struct unstored {
+    al_unstored_fn fn;
+    void *ctx;
+} unstored_t;
+
 typedef struct job {
     al_sender_t *s;
+    unstored_t unstored; /* fn NULL: an outbox row (recorded in the engine) */
     struct job *prev, *next;
     al_delivery_t d;
     const al_channel_ops_t *ops;
@@ -347,18 +354,22 @@ static void log_outcome(al_sender_t *s, chstat_t *cs, const al_delivery_t *d, co
     slog(s, AL_LOG_WARN, "alert delivery attempt failed", f);
 }
 
-/* Records the attempt of d (claimed, checked), counts and logs it, then disposes d. */
-static void record(al_sender_t *s, al_delivery_t *d, const char *host, al_reply_class_t cls,
-                   long http_status, uint64_t retry_after, const char *detail, uint64_t started)
+/* Records the attempt of d (claimed, checked) in the engine, or hands it to u->fn when d is not
+ * an outbox row; counts and logs it, then disposes d. */
+static void record(al_sender_t *s, al_delivery_t *d, const unstored_t *u, const char *host,
+                   al_reply_class_t cls, long http_status, uint64_t retry_after, const char *detail,
+                   uint64_t started)
 {
     uint64_t now = now_ms(s);
     al_attempt_t a = {al_reply_class_result(cls), (int)http_status, retry_after, detail};
     chstat_t *cs = stat_for(s, d->channel);
-    int r = al_outbox_record(s->engine, d, &a, now);
+    int r = u->fn == NULL ? al_outbox_record(s->engine, d, &a, now) : 0;
 
     cs->n[cls]++;
     log_outcome(s, cs, d, host, cls, &a, now >= started ? now - started : 0);
-    if (r == AL_ESTALE)
+    if (u->fn != NULL)
+        u->fn(u->ctx, d->channel, cls);
+    else if (r == AL_ESTALE)
         slog(s, AL_LOG_WARN, "alert delivery result came after its lease ended (not recorded)",
              json_pack("{s:s, s:s}", "channel", d->channel, "delivery_id", d->delivery_id));
     else if (r != 0)
@@ -401,7 +412,7 @@ static void job_finish(job_t *j, al_reply_class_t cls, long status, uint64_t ret
 {
     al_sender_t *s = j->s;
 
-    record(s, &j->d, j->host, cls, status, retry_after, detail, j->started_ms);
+    record(s, &j->d, &j->unstored, j->host, cls, status, retry_after, detail, j->started_ms);
     job_free(j);
     arm(s, 0);
 }
@@ -758,8 +769,9 @@ static int build_parts(job_t *j, const al_channel_ctx_t *ctx, const al_message_t
 }
 
 /* Starts sending d over an HTTP channel (d moves into a job, or is recorded). */
-static void start_http(al_sender_t *s, al_delivery_t *d, const gw_channel_config_t *chcfg,
-                       const al_channel_ops_t *ops, const al_message_t *m, uint64_t now)
+static void start_http(al_sender_t *s, al_delivery_t *d, const unstored_t *u,
+                       const gw_channel_config_t *chcfg, const al_channel_ops_t *ops,
+                       const al_message_t *m, uint64_t now)
 {
     al_channel_ctx_t ctx = make_ctx(s, chcfg, now);
     size_t n = ops->parts != NULL ? ops->parts(&ctx, m) : 1;
@@ -770,15 +782,16 @@ static void start_http(al_sender_t *s, al_delivery_t *d, const gw_channel_config
     int r;
 
     if (n == 0) {
-        record(s, d, "", AL_REPLY_SENT, 0, 0, "nothing to send: no alerts left in it", now);
+        record(s, d, u, "", AL_REPLY_SENT, 0, 0, "nothing to send: no alerts left in it", now);
         return;
     }
     j = calloc(1, sizeof(*j));
     if (j == NULL) {
-        record(s, d, "", AL_REPLY_RETRY, 0, 0, "out of memory", now);
+        record(s, d, u, "", AL_REPLY_RETRY, 0, 0, "out of memory", now);
         return;
     }
     j->s = s;
+    j->unstored = *u;
     j->ops = ops;
     j->chcfg = chcfg;
     j->started_ms = now;
@@ -804,15 +817,15 @@ static void start_http(al_sender_t *s, al_delivery_t *d, const gw_channel_config
                    r > 0 ? "lease budget used up before sending" : "cannot start the request");
 }
 
-/* Handles one claimed delivery (takes d). */
-static void start(al_sender_t *s, al_delivery_t *d)
+/* Handles one claimed delivery, or an unstored one when u->fn is set (takes d). */
+static void start(al_sender_t *s, al_delivery_t *d, const unstored_t *u)
 {
     const gw_channel_config_t *chcfg = al_channel_find(s->cfg, d->channel);
     const al_channel_ops_t *ops = chcfg != NULL ? al_channel_ops(chcfg->type) : NULL;
     uint64_t now = now_ms(s);
     al_message_t m;
     char why[160];
-    int r = al_outbox_check(s->engine, d, now);
+    int r = u->fn == NULL ? al_outbox_check(s->engine, d, now) : 1;
 
     if (r <= 0) {
         stat_for(s, d->channel)->n[r == 0 ? R_CANCELLED : R_ERROR]++;
@@ -827,12 +840,12 @@ static void start(al_sender_t *s, al_delivery_t *d)
         else
             snprintf(why, sizeof(why), "channel type '%s' is not supported by this build",
                      al_channel_type_name(chcfg->type));
-        record(s, d, "", AL_REPLY_BROKEN, 0, 0, why, now);
+        record(s, d, u, "", AL_REPLY_BROKEN, 0, 0, why, now);
         return;
     }
     r = al_message_parse(&m, d);
     if (r != 0) {
-        record(s, d, "", r == AL_DB_ENOMEM ? AL_REPLY_RETRY : AL_REPLY_PERMANENT, 0, 0,
+        record(s, d, u, "", r == AL_DB_ENOMEM ? AL_REPLY_RETRY : AL_REPLY_PERMANENT, 0, 0,
                r == AL_DB_ENOMEM ? "out of memory" : "the notification payload is malformed", now);
         return;
     }
@@ -841,11 +854,11 @@ static void start(al_sender_t *s, al_delivery_t *d)
         al_reply_class_t cls;
         why[0] = '\0';
         cls = ops->deliver(&ctx, &m, why, sizeof(why));
-        record(s, d, "", cls, 0, 0, cls == AL_REPLY_SENT || why[0] == '\0' ? NULL : why, now);
+        record(s, d, u, "", cls, 0, 0, cls == AL_REPLY_SENT || why[0] == '\0' ? NULL : why, now);
     } else if (ops->build != NULL) {
-        start_http(s, d, chcfg, ops, &m, now);
+        start_http(s, d, u, chcfg, ops, &m, now);
     } else {
-        record(s, d, "", AL_REPLY_BROKEN, 0, 0, "the channel type can neither build nor deliver",
+        record(s, d, u, "", AL_REPLY_BROKEN, 0, 0, "the channel type can neither build nor deliver",
                now);
     }
     al_message_dispose(&m);
@@ -898,7 +911,7 @@ static void on_due(uv_timer_t *t)
             return;
         }
         for (size_t i = 0; i < got; i++)
-            start(s, &batch[i]);
+            start(s, &batch[i], &(unstored_t){NULL, NULL});
     }
     if (s->closing)
         return;
@@ -1051,6 +1064,22 @@ void al_sender_drain(al_sender_t *s, void (*idle)(void *ctx), void *ctx)
     s->drain_cb = idle;
     s->drain_ctx = ctx;
     arm(s, 0);
+}
+
+int al_sender_send_unstored(al_sender_t *s, al_delivery_t *d, al_unstored_fn done, void *ctx)
+{
+    uint64_t now;
+
+    if (s == NULL || d == NULL || done == NULL || s->closing)
+        return AL_DB_EINVAL;
+    if (s->inflight >= s->opt.max_inflight)
+        return AL_ELIMIT;
+    now = now_ms(s);
+    d->id = 0;
+    /* start_http() gives a request the lease minus a margin: one request timeout */
+    d->lease_until_ms = now + s->opt.request_timeout_ms + AL_SENDER_LEASE_MARGIN_MS;
+    start(s, d, &(unstored_t){done, ctx});
+    return 0;
 }
 
 size_t al_sender_inflight(const al_sender_t *s)

@@ -34,6 +34,7 @@
 #include <uv.h>
 
 #include "alerts.h"
+#include "channel.h"
 #include "config.h"
 
 #define AL_SENDER_MAX_INFLIGHT 32          /* deliveries being sent at once */
@@ -94,6 +95,17 @@ void al_sender_set_config(al_sender_t *s, const gw_alerts_config_t *cfg);
  * claimed now (retries scheduled later do not count). Bound the wait with a timer of your own,
  * then call al_sender_close(). A second call replaces the first callback. */
 void al_sender_drain(al_sender_t *s, void (*idle)(void *ctx), void *ctx);
+
+/* The outcome of an unstored send (al_sender_send_unstored): the attempt's class (channel.h). */
+typedef void (*al_unstored_fn)(void *ctx, const char *channel, al_reply_class_t result);
+
+/* Sends one notification that is not in the outbox, for when the store itself fails (the control
+ * process's alert_store_degraded notices). d is filled by the caller (channel, kind, tier,
+ * delivery_id, attempt, payload_json in the outbox's shape; id 0) and moved in. Nothing is
+ * re-checked or recorded in the engine; done(ctx, channel, result) runs exactly once, from the
+ * loop or before this returns, and the attempt counts in al_sender_stats like any other. Takes
+ * one in-flight slot; 0, or AL_ELIMIT when every slot is taken (d is then left to the caller). */
+int al_sender_send_unstored(al_sender_t *s, al_delivery_t *d, al_unstored_fn done, void *ctx);
 
 /* Deliveries being sent now. */
 size_t al_sender_inflight(const al_sender_t *s);

@@ -1555,12 +1555,12 @@ static void load_tiers(loader_t *L, yaml_node_t *v)
 
 static const char *const event_names[GW_EVENT_KIND_COUNT] = {
     "breaker_open", "no_healthy_hosts", "host_down",  "worker_crash",  "worker_stall",
-    "rate_limited", "delivery_failing", "crash_loop", "handler_fault",
+    "rate_limited", "delivery_failing", "crash_loop", "handler_fault", "alert_store_degraded",
 };
 
 static const gw_tier_t default_rule_tier[GW_EVENT_KIND_COUNT] = {
     GW_TIER_P1, GW_TIER_P0, GW_TIER_P2, GW_TIER_P0, GW_TIER_P1,
-    GW_TIER_P2, GW_TIER_P1, GW_TIER_P0, GW_TIER_P2,
+    GW_TIER_P2, GW_TIER_P1, GW_TIER_P0, GW_TIER_P2, GW_TIER_P1,
 };
 
 #define RATE_LIMITED_RATIO_DEFAULT 200000u /* 20% */
@@ -1568,7 +1568,7 @@ static const gw_tier_t default_rule_tier[GW_EVENT_KIND_COUNT] = {
 
 #define EVENT_LIST                                                                                 \
     "breaker_open, no_healthy_hosts, host_down, worker_crash, worker_stall, rate_limited, "        \
-    "delivery_failing, crash_loop, handler_fault"
+    "delivery_failing, crash_loop, handler_fault, alert_store_degraded"
 
 const char *gw_event_kind_name(gw_event_kind_t k)
 {
@@ -1668,6 +1668,10 @@ static void default_rules(loader_t *L, const bool *set, const yaml_node_t *at)
         gw_tier_t t = default_rule_tier[e];
         if (set[e])
             continue;
+        /* The alert about alerting itself goes to the most urgent defined tier when its default
+         * is missing: refusing the config for it would only push people to turn it off. */
+        for (int i = 0; e == GW_EVENT_STORE_DEGRADED && !a->tiers[t].defined && i < 3; i++)
+            t = (gw_tier_t)i;
         if (!a->tiers[t].defined) {
             fail_at(L, at ? at->start_mark : (yaml_mark_t){0, 0, 0},
                     "rule '%s' is not set and its default tier %s is not defined (define tier "

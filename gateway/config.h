@@ -187,6 +187,7 @@ typedef enum gw_event_kind {
     GW_EVENT_DELIVERY_FAILING,
     GW_EVENT_CRASH_LOOP,
     GW_EVENT_HANDLER_FAULT,
+    GW_EVENT_STORE_DEGRADED, /* alert_store_degraded (control process: the SQLite store fails) */
     GW_EVENT_KIND_COUNT
 } gw_event_kind_t;
 

@@ -23,6 +23,7 @@
 #include "health.h"
 #include "log.h"
 #include "owner.h"
+#include "storewatch.h"
 
 #define DRAIN_INTERVAL_MS 100
 #define DRAIN_BATCH 256
@@ -37,8 +38,10 @@ typedef struct control {
     uv_tcp_t listener;
     uv_signal_t sig_term, sig_int;
     uv_timer_t drain, db_retry, alert_tick;
-    al_engine_t *engine; /* NULL until the database is open */
-    al_sender_t *sender; /* likewise */
+    al_engine_t *engine;         /* NULL until the database is open */
+    al_sender_t *sender;         /* likewise */
+    gw_storewatch_t *storewatch; /* alert_store_degraded notices; likewise */
+    size_t events_held;          /* events read but not stored because the store failed */
     uv_timer_t flush_timer;
     gw_log_limit_t drain_errors, db_errors;
     bool stopping;
@@ -98,6 +101,29 @@ static uint64_t unix_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static bool store_error(int r)
+{
+    return r == AL_DB_EBUSY || r == AL_DB_ENOSPC || r == AL_DB_EIO;
+}
+
+/* Tells the store watcher how the store is doing after a write whose result was r: failing while
+ * events or engine inputs are held in memory, working once they are all stored. */
+static void watch_store(control_t *c, int r)
+{
+    if (c->storewatch == NULL || c->engine == NULL)
+        return;
+    uint64_t now = unix_ms();
+    al_engine_stats_t st;
+    al_engine_stats(c->engine, &st);
+    if (store_error(r))
+        gw_storewatch_failed(c->storewatch, r, now);
+    else if (store_error(st.last_store_error))
+        gw_storewatch_failed(c->storewatch, st.last_store_error, now);
+    bool ok = c->events_held == 0 && st.queued == 0 && !store_error(st.last_store_error);
+    gw_storewatch_update(c->storewatch, ok, c->events_held + st.queued,
+                         st.queue_dropped + gw_events_dropped(c->rt->events), now);
+}
+
 /* Runs the alert engine's due work (escalations, repeats, group_wait, retries of a failed
  * store) and re-arms for its next deadline. */
 static void on_alert_tick(uv_timer_t *t)
@@ -110,6 +136,7 @@ static void on_alert_tick(uv_timer_t *t)
     if (r < 0)
         gw_log_limited(&c->drain_errors, uv_now(&c->loop), GW_LOG_ERROR,
                        "alert engine tick failed; will retry", "{s:s}", "error", al_strerror(r));
+    watch_store(c, r);
     uint64_t wait = next > now ? next - now : 0;
     if (wait > ALERT_TICK_MAX_MS)
         wait = ALERT_TICK_MAX_MS;
@@ -184,6 +211,8 @@ static void drain_events(control_t *c)
         }
         alerts_changed(c);
     }
+    c->events_held = r == 0 ? 0 : (size_t)n + 1; /* + the one that failed */
+    watch_store(c, r);
     if (r == 0) {
         gw_events_commit(ev);
     } else {
@@ -206,6 +235,9 @@ static void release_database(control_t *c)
     gw_owner_drain(c->admin.owner);
     drain_events(c);
     uv_timer_stop(&c->alert_tick);
+    gw_storewatch_set_sender(c->storewatch, NULL);
+    gw_storewatch_free(c->storewatch);
+    c->storewatch = NULL;
     if (c->sender != NULL) {
         /* in-flight sends are abandoned: their leases expire and the next control process
          * records them as ambiguous attempts (retried for P0/P1 with the same Idempotency-Key) */
@@ -311,6 +343,10 @@ static void start_alert_engine(control_t *c)
         gw_log(GW_LOG_ERROR, "cannot start the alert delivery loop", "{s:s}", "error",
                strerror(errno));
     c->admin.sender = c->sender;
+    c->storewatch = gw_storewatch_new(&c->loop, &c->rt->cfg->alerts, c->rt->events, source);
+    if (c->storewatch == NULL)
+        gw_log(GW_LOG_ERROR, "cannot start the alert store watcher (out of memory)", NULL);
+    gw_storewatch_set_sender(c->storewatch, c->sender);
     alerts_changed(c);
 }
 

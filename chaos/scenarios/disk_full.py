@@ -17,6 +17,9 @@ Pass criteria (timing bounds x2.5 on an ASan build):
   - the alerts raised while full are held and flushed: after the filler is deleted, the
     breaker_open alert and the external alert are in GET /api/v1/alerts within FLUSH_MAX_S and
     their notifications reach the receiver within FLUSH_MAX_S;
+  - people are told: an alert_store_degraded "firing" notice reaches the receiver while the disk
+    is still full (the store watcher pages after 2 s of failure, without the store), and a
+    "resolved" one after space returns; the episode is then in the alert history, resolved;
   - the database is intact afterwards (PRAGMA integrity_check = ok, gateway stopped).
 Figures: whether the alert was already visible while full (held_while_full=yes means it was
 not: it waited in memory), the POST's status while full, how long the flush took.
@@ -158,6 +161,12 @@ def scenario(sc):
     logs = g.logs()
     events = g.events()
     alerts_final = sorted({a["event"] for a in g.alerts()})
+    store_alerts = [a["status"] for a in g.alerts() if a["event"] == "alert_store_degraded"]
+    notices = [(r["ts"] * 1000, r["json"].get("status")) for r in rx.requests()
+               if isinstance(r.get("json"), dict)
+               and r["json"].get("event") == "alert_store_degraded"]
+    paged_while_full = [t for t, st in notices if st == "firing" and t_full <= t < t_free]
+    told_recovered = [t for t, st in notices if st == "resolved" and t >= t_free]
     sc.plot(load.csv, "disk full under state_dir", events)
     rc = g.stop()
     integrity = subprocess.run(["sqlite3", os.path.join(state_dir, "breakwater.db"),
@@ -171,6 +180,9 @@ def scenario(sc):
            post_while_full=st_post, held_while_full="no" if want_events & set(visible_while_full)
            else "yes", alerts_after_free=fmt_s(alert_flush_s) if flushed else "never",
            notified_after_free=fmt_s(deliver_s) if delivered else "never",
+           degraded_notice=fmt_s((paged_while_full[0] - t_full) / 1000) if paged_while_full
+           else "never", recovered_notice=fmt_s((told_recovered[0] - t_free) / 1000)
+           if told_recovered else "never",
            pids_same=pids_before == pids_after, integrity=integrity_out.replace(" ", "_")[:40])
     if not still_full:
         raise Fail("the tmpfs was not full at the end of the full period (filler too small?)")
@@ -188,6 +200,12 @@ def scenario(sc):
         raise Fail(f"the alerts raised while full never appeared (alerts: {alerts_final})")
     if not delivered:
         raise Fail("the notifications of the alerts raised while full never reached the receiver")
+    if not paged_while_full:
+        raise Fail(f"no alert_store_degraded notice while the disk was full (notices: {notices})")
+    if not told_recovered:
+        raise Fail(f"no resolved alert_store_degraded notice after space returned ({notices})")
+    if store_alerts != ["resolved"]:
+        raise Fail(f"alert history of the episode: {store_alerts} (want one, resolved)")
     if rc != 0:
         raise Fail(f"breakwater did not exit 0 (rc {rc})")
     if integrity_out != "ok":

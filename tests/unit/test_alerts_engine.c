@@ -536,6 +536,26 @@ static void events_map_to_the_documented_alerts(void **state)
     assert_int_equal(al_engine_event(f->e, "host_down", -1, "[1]", T0), AL_EBADINPUT);
 }
 
+/* The control process records an alert store episode after the fact (its notices went out
+ * without the store): raised and resolved at once, nothing left for the outbox to send. */
+static void store_episode_is_recorded_resolved_without_notifications(void **state)
+{
+    fx_t *f = *state;
+    int64_t id;
+
+    ev(f, "alert_store_degraded",
+       "{\"since_ms\":1,\"for_ms\":4200,\"error\":\"disk full\",\"held\":3,\"dropped\":0}", T0);
+    ev(f, "alert_store_recovered", "{}", T0);
+    id = alert_id(f, "alert_store_degraded");
+    assert_true(id > 0);
+    assert_text(f, "resolved|P1", "SELECT status || '|P' || tier FROM alerts");
+    assert_text(f,
+                "Alert store (SQLite) unavailable for 4 s: disk full; 3 inputs held in memory, "
+                "0 dropped",
+                "SELECT summary FROM alerts");
+    assert_int_equal(deliver_all(f, T0 + SEC, AL_SEND_OK), 0);
+}
+
 static void rule_off_events_only_touch_existing_alerts(void **state)
 {
     fx_t *f = *state;
@@ -1223,6 +1243,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(clearing_events_resolve_and_notify_the_notified_channels,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(events_map_to_the_documented_alerts, setup, teardown),
+        cmocka_unit_test_setup_teardown(store_episode_is_recorded_resolved_without_notifications,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(rule_off_events_only_touch_existing_alerts, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(escalation_goes_p2_p1_p0_on_schedule, setup, teardown),

@@ -401,6 +401,28 @@ static void rule_naming_an_undefined_tier_is_rejected(void **state)
                "t.yaml:8:66: ", "rule 'delivery_failing': tier P1 is not defined");
 }
 
+/* alert_store_degraded defaults to P1 but, unlike the other rules, takes the most urgent defined
+ * tier instead of refusing a config without P1. */
+static void store_degraded_rule_falls_back_to_a_defined_tier(void **state)
+{
+    result_t r;
+    gw_config_t *c;
+    (void)state;
+    c = load_ok(UP RT "alerts:\n"
+                      "  channels: { log: { type: console } }\n"
+                      "  tiers: { P0: { channels: [log] }, P2: { channels: [log] } }\n"
+                      "  rules: { breaker_open: P2, worker_stall: P2, delivery_failing: P0 }\n",
+                &r);
+    assert_true(c->alerts.rules[GW_EVENT_STORE_DEGRADED].defined);
+    assert_int_equal(c->alerts.rules[GW_EVENT_STORE_DEGRADED].tier, GW_TIER_P0);
+    gw_config_free(c);
+    c = load_ok(UP RT "alerts:\n  channels: { log: { type: console } }\n" TIERS
+                      "  rules: { alert_store_degraded: P2 }\n",
+                &r);
+    assert_int_equal(c->alerts.rules[GW_EVENT_STORE_DEGRADED].tier, GW_TIER_P2);
+    gw_config_free(c);
+}
+
 static void ratio_is_only_for_rate_limited(void **state)
 {
     (void)state;
@@ -1011,8 +1033,9 @@ static void check_default_upstream(const gw_upstream_config_t *u)
 
 static void check_default_alerts(const gw_alerts_config_t *a)
 {
-    static const gw_tier_t tiers[] = {GW_TIER_P1, GW_TIER_P0, GW_TIER_P2, GW_TIER_P0, GW_TIER_P1,
-                                      GW_TIER_P2, GW_TIER_P1, GW_TIER_P0, GW_TIER_P2};
+    static const gw_tier_t tiers[GW_EVENT_KIND_COUNT] = {
+        GW_TIER_P1, GW_TIER_P0, GW_TIER_P2, GW_TIER_P0, GW_TIER_P1,
+        GW_TIER_P2, GW_TIER_P1, GW_TIER_P0, GW_TIER_P2, GW_TIER_P1};
     assert_null(a->external_url);
     assert_int_equal(a->nchannels, 1);
     assert_string_equal(a->channels[0].name, "console");
@@ -1181,6 +1204,7 @@ int main(void)
         cmocka_unit_test(unknown_tier_name_is_rejected),
         cmocka_unit_test(unknown_rule_event_is_reported_at_the_key),
         cmocka_unit_test(rule_naming_an_undefined_tier_is_rejected),
+        cmocka_unit_test(store_degraded_rule_falls_back_to_a_defined_tier),
         cmocka_unit_test(ratio_is_only_for_rate_limited),
         cmocka_unit_test(missing_required_channel_keys_are_each_reported),
         cmocka_unit_test(key_not_taken_by_the_channel_type_is_rejected),
