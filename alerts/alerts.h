@@ -102,7 +102,7 @@ typedef struct al_engine_options {
     uint64_t flap_hold_ms;     /* a flapping alert resolves after this long clear; 0: 5 min */
     uint64_t quiet_resolve_ms; /* quiet period that resolves crash-like alerts; 0: 30 min */
     uint64_t lease_ms;         /* how long a claimed delivery belongs to the sender; 0: 60 s */
-    uint32_t failing_after;  /* failed attempts of one delivery that raise delivery_failing; 0: 3 */
+    uint32_t failing_after;  /* failed attempts before delivery_failing (al_outbox_record); 0: 3 */
     uint64_t prune_every_ms; /* retention pruning period inside al_engine_tick(); 0: 1 min */
 } al_engine_options_t;
 
@@ -200,6 +200,15 @@ int al_alerts_json(al_engine_t *e, const char *status, uint32_t limit, char **ou
  * with every delivery that speaks about it and its lineage, oldest first. AL_ENOENT if unknown. */
 int al_alert_json(al_engine_t *e, int64_t id, char **out);
 
+/* ---- alert counts for /metrics (breakwater_alerts_firing{tier}) ---- */
+
+/* The alerts not resolved, by their current tier (index: gw_tier_t): firing[t] the ones firing
+ * and not acknowledged, acked[t] the acknowledged ones. One read through the status index (only
+ * unresolved rows are visited), outside any transaction. Returns 0 with both arrays filled, or a
+ * store error with both left as they were (the caller keeps showing its last known values). */
+int al_alerts_count_active(al_engine_t *e, uint64_t firing[GW_TIER_COUNT],
+                           uint64_t acked[GW_TIER_COUNT]);
+
 /* ---- silences (GET|POST /api/v1/silences, DELETE /api/v1/silences/{id}) ---- */
 
 typedef struct al_matchers al_matchers_t;
@@ -283,10 +292,11 @@ typedef struct al_delivery {
     uint64_t created_at_ms;  /* when the notification was written */
     uint64_t expires_at_ms;  /* created_at + delivery.max_age */
     uint64_t lease_until_ms; /* record before this, or the row is reclaimed */
-    /* {"version":"1","delivery_id","channel","kind","tier","source","alerts":[{alert_id,
-     *  dedup_key, tier, status, event, labels, summary, started_at, escalation_level, count,
-     *  flapping, source, ...}, ...]}: the alerts as they were at claim time (firing members
-     *  only, except for resolved notifications). */
+    /* {"version":"1","delivery_id","channel","kind","tier","source","attempt","folded",
+     *  "alerts":[{alert_id, dedup_key, tier, status, event, labels, summary, started_at,
+     *  escalation_level, count, flapping, source, ...}, ...]}: the alerts as they were at claim
+     *  time (firing members only, except for resolved notifications); "folded": how many
+     *  notifications that waited for a rate-limit token this one carries (0: none). */
     char *payload_json;
 } al_delivery_t;
 
@@ -295,7 +305,11 @@ void al_delivery_dispose(al_delivery_t *d); /* frees the strings; accepts NULL *
 /* Claims up to max (<= AL_CLAIM_MAX) deliveries due at now_ms, oldest first, marking them
  * "sending" with a lease of opts.lease_ms. First records expired leases as ambiguous attempts and
  * cancels due deliveries whose alerts are no longer firing. A later notification for an alert and
- * channel waits while an earlier one is still being sent (per alert and channel order).
+ * channel waits while an earlier one is still being sent (per alert and channel order). On a
+ * channel with `rate_limit`, each claimed delivery takes a token (P1/P2 leave the P0 reserve);
+ * a due delivery without a token stays pending until a token is due (no attempt counted), and
+ * the next token carries all that waited, of its kind, as one delivery (the others end
+ * "folded"; docs/alerts.md, "Channel rate limits").
  * Returns 0 and *n (0..max), or a store error (*n = 0). */
 int al_outbox_claim(al_engine_t *e, uint64_t now_ms, al_delivery_t *out, size_t max, size_t *n);
 
@@ -323,9 +337,11 @@ typedef struct al_attempt {
  * speaks about: OK -> sent (resolves delivery_failing for the channel); RETRY -> pending again
  * after al_outbox_backoff_ms() (at least retry_after_ms) unless max_attempts or max_age is reached
  * (-> failed); AMBIGUOUS -> as RETRY for P0/P1, "ambiguous" (final) for P2; PERMANENT -> failed.
- * The opts.failing_after-th failed attempt and every final failure raise delivery_failing for the
- * channel. Returns 0, AL_ESTALE (the claim is no longer valid: nothing recorded), AL_ENOENT or a
- * store error (the lease will expire and the attempt counts as ambiguous). */
+ * delivery_failing is raised for the channel by every final failure, and by a failed attempt
+ * once the delivery has been undelivered for its tier's window (escalate_after, else repeat,
+ * else 5 min) and at least opts.failing_after attempts failed. Returns 0, AL_ESTALE (the claim
+ * is no longer valid: nothing recorded), AL_ENOENT or a store error (the lease will expire and
+ * the attempt counts as ambiguous). */
 int al_outbox_record(al_engine_t *e, const al_delivery_t *d, const al_attempt_t *a,
                      uint64_t now_ms);
 

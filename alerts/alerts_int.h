@@ -39,7 +39,9 @@
     "due_at"
 
 #define AL_DELIVERY_COLS                                                                           \
-    "id, delivery_id, channel, kind, tier, status, created_at, expires_at, attempts, lease_until"
+    "id, delivery_id, channel, kind, tier, status, created_at, expires_at, attempts, "             \
+    "lease_until, "                                                                                \
+    "throttled_at"
 
 /* Delivery d's alerts that another delivery to the same channel, written earlier, is still
  * sending: a later notification for an alert waits for the earlier one (per alert+channel order).
@@ -80,6 +82,8 @@
     XX(ALERT_WAKE_INHIBITED, "UPDATE alerts SET recheck_at = ?2, due_at = ?2 "                     \
                              "WHERE inhibited_by = ?1 AND notify_kind IS NOT NULL")                \
     XX(ALERT_LIST_ALL, "SELECT " AL_ALERT_COLS " FROM alerts ORDER BY id DESC LIMIT ?1")           \
+    XX(ALERT_ACTIVE_COUNTS, "SELECT status, tier, count(*) FROM alerts "                           \
+                            "WHERE status IN ('firing', 'acknowledged') GROUP BY status, tier")    \
     XX(ALERT_LIST_STATUS,                                                                          \
        "SELECT " AL_ALERT_COLS " FROM alerts WHERE status = ?1 ORDER BY id DESC LIMIT ?2")         \
     XX(ALERT_PRUNE,                                                                                \
@@ -112,8 +116,21 @@
     XX(DLV_BLOCKED, AL_BLOCKED_SQL)                                                                \
     XX(DLV_GET, "SELECT " AL_DELIVERY_COLS " FROM deliveries WHERE id = ?1")                       \
     XX(DLV_CLAIM, "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "            \
-                  "next_attempt_at = NULL, lease_until = ?2, last_attempt_at = ?3 "                \
-                  "WHERE id = ?1 AND status = 'pending'")                                          \
+                  "next_attempt_at = NULL, lease_until = ?2, last_attempt_at = ?3, "               \
+                  "throttled_at = NULL WHERE id = ?1 AND status = 'pending'")                      \
+    XX(DLV_CHANNEL_DUE,                                                                            \
+       "SELECT " AL_DELIVERY_COLS " FROM deliveries WHERE status = 'pending' AND channel = ?1 "    \
+       "AND next_attempt_at <= ?2 ORDER BY tier, id LIMIT ?3")                                     \
+    XX(DLV_THROTTLE,                                                                               \
+       "UPDATE deliveries SET next_attempt_at = ?2, "                                              \
+       "throttled_at = coalesce(throttled_at, ?3) WHERE id = ?1 AND status = 'pending'")           \
+    XX(DLV_FOLD,                                                                                   \
+       "UPDATE deliveries SET status = 'folded', folded_into = ?2, next_attempt_at = NULL, "       \
+       "throttled_at = NULL, finished_at = ?3 WHERE id = ?1 AND status = 'pending'")               \
+    XX(DLV_FOLD_MEMBERS, "INSERT OR IGNORE INTO delivery_alerts (delivery, alert_id) "             \
+                         "SELECT ?1, alert_id FROM delivery_alerts WHERE delivery = ?2")           \
+    XX(DLV_SET_TIER, "UPDATE deliveries SET tier = ?2 WHERE id = ?1")                              \
+    XX(DLV_FOLDED_COUNT, "SELECT count(*) FROM deliveries WHERE folded_into = ?1")                 \
     XX(DLV_FINISH, "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, lease_until = NULL, " \
                    "last_code = ?4, last_error = ?5, finished_at = ?6 "                            \
                    "WHERE id = ?1 AND status = 'sending' AND attempts = ?7")                       \
@@ -258,6 +275,22 @@ typedef struct al_note {
     al_notify_kind_t kind;
 } al_note_t;
 
+/* ---- channel rate limits (outbox.c) ---- */
+
+#define AL_RL_BUCKETS 64   /* rate-limited channels tracked at once (more: least useful evicted) */
+#define AL_RL_NAME_MAX 127 /* bytes of a channel name a bucket can hold (config allows 64) */
+
+/* The token bucket of one rate-limited channel (config `rate_limit: N/period`), in memory only:
+ * after a restart every bucket starts full. Exact integer maths: `level` counts token units,
+ * one token = rate.period_ms units, capacity = rate.tokens tokens, refilling rate.tokens units
+ * per millisecond (so a full bucket refills from empty in one period). A zeroed entry is free. */
+typedef struct al_bucket {
+    char channel[AL_RL_NAME_MAX + 1]; /* "" when free */
+    gw_rate_t rate;                   /* the rate the level was computed with (reload: reset) */
+    uint64_t level;                   /* token units, <= rate.tokens * rate.period_ms */
+    uint64_t at;                      /* unix ms of the last refill */
+} al_bucket_t;
+
 struct al_engine {
     al_db_t *db;
     sqlite3 *conn;
@@ -273,6 +306,7 @@ struct al_engine {
     al_queue_t queue;
     uint64_t next_prune_at;
     int last_store_error;
+    al_bucket_t buckets[AL_RL_BUCKETS]; /* per-channel rate limits (outbox.c) */
 };
 
 /* store.c */

@@ -99,9 +99,17 @@ bool al_labels_text(al_buf_t *b, json_t *labels);
 typedef void (*al_alert_render_fn)(const al_channel_ctx_t *ctx, const al_message_t *m,
                                    const al_alert_view_t *v, al_buf_t *out);
 
-/* Appends the message's alerts, each rendered by fn, while they fit whole under b's max (the
- * first one always goes in, cut if it must) and at most max_alerts of them. Returns how many
- * were appended; the caller says "...and N more" for the rest. */
+#define AL_RENDER_SHOWN_MAX 5 /* alerts a grouped or folded message spells out */
+#define AL_RENDER_MORE_MAX 64 /* bytes kept under b's max for the "more" line */
+
+/* Appends the message's alerts, each rendered by fn, while they fit whole under b's max (less
+ * AL_RENDER_MORE_MAX when there is more than one alert; the first one always goes in, cut if it
+ * must) and at most min(max_alerts, AL_RENDER_SHOWN_MAX) of them. When some are left out it
+ * appends the line "…and N more alerts" itself, in the renderer's layout (the white space an
+ * alert starts and ends with; a sentence when alerts are sentences), within b's max.
+ * Returns how many alerts the text accounts for: m->nalerts once the "more" line is in, else how
+ * many were appended (out of memory, or nothing fit), for which the caller may still say
+ * "...and N more". */
 size_t al_render_alerts(const al_channel_ctx_t *ctx, const al_message_t *m, al_buf_t *b,
                         al_alert_render_fn fn, size_t max_alerts);
 

@@ -242,11 +242,36 @@ bool al_labels_text(al_buf_t *b, json_t *labels)
     return ok;
 }
 
+/* The white space an alert's text starts (lead) and ends (trail) with, and whether it is one
+ * sentence (no line break, ends with '.'), so the "more" line can follow the same layout. */
+static void layout_of(const char *p, size_t len, char lead[8], char trail[8], bool *sentence)
+{
+    size_t a = 0, z = len;
+
+    while (a < len && a < 7 && (p[a] == ' ' || p[a] == '\n'))
+        a++;
+    memcpy(lead, p, a);
+    lead[a] = '\0';
+    while (z > a && len - z < 7 && (p[z - 1] == ' ' || p[z - 1] == '\n'))
+        z--;
+    memcpy(trail, p + z, len - z);
+    trail[len - z] = '\0';
+    *sentence = z > a && p[z - 1] == '.' && memchr(p, '\n', z) == NULL;
+}
+
 size_t al_render_alerts(const al_channel_ctx_t *ctx, const al_message_t *m, al_buf_t *b,
                         al_alert_render_fn fn, size_t max_alerts)
 {
-    size_t shown = 0;
+    size_t shown = 0, max = b->max, reserve = 0;
+    char lead[8] = "", trail[8] = "";
+    bool sentence = false;
 
+    if (max_alerts > AL_RENDER_SHOWN_MAX)
+        max_alerts = AL_RENDER_SHOWN_MAX;
+    /* Keep room for the "more" line when there may be one. */
+    if (m->nalerts > 1 && max > 2 * AL_RENDER_MORE_MAX)
+        reserve = AL_RENDER_MORE_MAX;
+    b->max = max - reserve;
     for (size_t i = 0; i < m->nalerts && shown < max_alerts; i++) {
         al_alert_view_t v;
         al_buf_t one;
@@ -260,6 +285,8 @@ size_t al_render_alerts(const al_channel_ctx_t *ctx, const al_message_t *m, al_b
             b->oom = true;
         fits = one.p != NULL && (shown == 0 || one.len <= al_buf_room(b));
         if (fits) {
+            if (shown == 0)
+                layout_of(one.p, one.len, lead, trail, &sentence);
             al_buf_add(b, one.p, one.len);
             shown++;
         }
@@ -267,7 +294,12 @@ size_t al_render_alerts(const al_channel_ctx_t *ctx, const al_message_t *m, al_b
         if (!fits || b->full)
             break;
     }
-    return shown;
+    b->max = max;
+    if (shown == 0 || shown >= m->nalerts || b->oom)
+        return shown;
+    al_buf_printf(b, "%s" AL_ELLIPSIS "and %zu more alert%s%s%s", lead, m->nalerts - shown,
+                  m->nalerts - shown == 1 ? "" : "s", sentence ? "." : "", trail);
+    return b->oom ? shown : m->nalerts;
 }
 
 bool al_facts_text(al_buf_t *b, const al_alert_view_t *v, const char *sep)

@@ -4,6 +4,8 @@
  * Provider behaviour this file relies on (Slack incoming webhooks):
  *   - POST application/json {"text": ..., "blocks": [...]} to the webhook URL (the URL is the
  *     credential). "text" is the fallback shown in notifications; "blocks" is what is rendered.
+ *     "unfurl_links"/"unfurl_media" false: an unfurler fetching the ack link (GET /ack/TOKEN
+ *     acknowledges, SPEC 6) must not ack the alert the moment it is posted.
  *   - At most 50 blocks; a header block's plain_text at most 150 characters; a section's mrkdwn
  *     text at most 3000 characters. mrkdwn needs &, < and > escaped as &amp; &lt; &gt; (a bare <
  *     starts a link or mention); links are <URL|label>.
@@ -155,7 +157,8 @@ static json_t *slack_body(const al_channel_ctx_t *ctx, const al_message_t *m)
         goto done;
     text = escaped_mrkdwn(fallback);
     if (text != NULL)
-        body = json_pack("{s:O, s:O}", "text", json_object_get(text, "text"), "blocks", blocks);
+        body = json_pack("{s:O, s:O, s:b, s:b}", "text", json_object_get(text, "text"), "blocks",
+                         blocks, "unfurl_links", 0, "unfurl_media", 0);
 done:
     json_decref(text);
     json_decref(blocks);

@@ -506,7 +506,7 @@ int al_queue_flush(al_engine_t *e, uint64_t now)
             r = apply_event(e, x->kind, x->worker, x->text, x->now_ms);
         else
             r = parse_and_apply_external(e, x->text, x->len, x->now_ms, NULL, NULL, 0);
-        if (al_store_unavailable(r)) {
+        if (r < 0 && r != AL_EBADINPUT) { /* the store, or memory: keep it and retry later */
             al_queue_backoff(&e->queue, now);
             return r;
         }

@@ -2,7 +2,8 @@
  * outbox.c - the durable outbox: claiming due deliveries, re-checking them, recording attempts.
  *
  * A delivery row is one notification to one channel (deliveries + delivery_alerts, written by
- * engine.c in the transaction of the state change). Its life (migrations/0002_alerts.sql):
+ * engine.c in the transaction of the state change). Its life (migrations/0002_alerts.sql,
+ * 0003_channel_rate_limit.sql):
  *
  *   pending --claim (lease)--> sending --OK--> sent
  *      ^                          |--RETRY, or AMBIGUOUS on P0/P1, or lease expired (any tier)
@@ -12,6 +13,17 @@
  * failed
  *                                 |--AMBIGUOUS on P2--> ambiguous
  *   pending/sending --its alerts acknowledged or resolved before the send--> cancelled
+ *   pending --no token of its channel's rate_limit--> pending (next_attempt_at = the token's time,
+ *            no attempt counted)
+ *   pending --carried by another delivery of its channel and kind that got a token--> folded
+ *
+ * Channel rate limits: see "channel rate limits" below (per-channel token buckets in memory, the
+ * P0 reserve, folding the notifications that had to wait into one message).
+ *
+ * delivery_failing: a failed attempt raises it once the delivery has been undelivered for its
+ * tier's window (escalate_after, else repeat, else 5 min) and opts.failing_after attempts failed;
+ * a final failure (permanent/broken, max_attempts, max_age) raises it at once; a success on the
+ * channel resolves it.
  *
  * Why leases: the sender is asynchronous (libcurl multi on the control loop). A claimed row stays
  * "sending" until the sender records its result; if the sender never does (crash, bug), the lease
@@ -44,6 +56,7 @@ typedef struct dlv {
     int tier;
     char status[16];
     uint64_t created_at, expires_at, lease_until;
+    uint64_t throttled_at; /* AL_NEVER: never refused a rate-limit token (since its last claim) */
     uint32_t attempts;
 } dlv_t;
 
@@ -89,6 +102,7 @@ static int dlv_read(sqlite3_stmt *st, dlv_t *d)
     d->expires_at = al_col_time(st, 7);
     d->attempts = (uint32_t)sqlite3_column_int64(st, 8);
     d->lease_until = al_col_time(st, 9);
+    d->throttled_at = al_col_time(st, 10);
     return nomem || d->channel == NULL ? AL_DB_ENOMEM : 0;
 }
 
@@ -207,6 +221,31 @@ static const char *after_failure(al_engine_t *e, const dlv_t *d, uint32_t attemp
     return "pending";
 }
 
+#define FAILING_WINDOW_DEFAULT_MS (5 * 60 * 1000)
+
+/* How long a delivery of this tier may stay undelivered before its failed attempts raise
+ * delivery_failing: the tier's escalate_after (by then the alert would have moved on to the next
+ * tier), else its repeat (by then the next page is due), else 5 minutes. */
+static uint64_t failing_window(const al_engine_t *e, int tier)
+{
+    const gw_tier_config_t *tc = al_tier_cfg(e, tier);
+
+    if (tc != NULL && tc->escalate_after_ms > 0)
+        return tc->escalate_after_ms;
+    if (tc != NULL && tc->repeat_ms > 0)
+        return tc->repeat_ms;
+    return FAILING_WINDOW_DEFAULT_MS;
+}
+
+/* A failed attempt that leaves d pending raises delivery_failing once d has been undelivered for
+ * its tier's window and at least opt.failing_after attempts failed (one failure after a long wait
+ * for a token or an earlier send is not yet a failing channel). Final failures raise at once. */
+static bool failing_long(const al_engine_t *e, const dlv_t *d, uint32_t attempt, uint64_t now)
+{
+    return attempt >= e->opt.failing_after && now >= d->created_at &&
+           now - d->created_at >= failing_window(e, d->tier);
+}
+
 /* Records the result of attempt `attempt` of d (transaction open). */
 static int finish_locked(al_engine_t *e, const dlv_t *d, uint32_t attempt, const al_attempt_t *a,
                          uint64_t now)
@@ -258,10 +297,12 @@ static int finish_locked(al_engine_t *e, const dlv_t *d, uint32_t attempt, const
                            : AL_DB_ENOMEM;
         json_decref(fields);
     } else if (strcmp(status, "failed") == 0 ||
-               (strcmp(status, "pending") == 0 && attempt == e->opt.failing_after)) {
-        fields = json_pack("{s:s, s:i, s:i, s:s?, s:s}", "channel", d->channel, "attempts",
-                           (int)attempt, "http_status", a->http_status, "error", a->error,
-                           "delivery_id", d->delivery_id);
+               (strcmp(status, "pending") == 0 && failing_long(e, d, attempt, now))) {
+        fields = json_pack("{s:s, s:i, s:i, s:s?, s:s, s:I, s:s}", "channel", d->channel,
+                           "attempts", (int)attempt, "http_status", a->http_status, "error",
+                           a->error, "delivery_id", d->delivery_id, "undelivered_ms",
+                           (json_int_t)(now > d->created_at ? now - d->created_at : 0), "status",
+                           status);
         r = fields != NULL ? al_engine_internal_locked(e, "delivery_failing", fields, now)
                            : AL_DB_ENOMEM;
         json_decref(fields);
@@ -322,7 +363,7 @@ int al_outbox_reap_all(al_engine_t *e, uint64_t now)
 /* The message as the sender needs it: the delivery and its alerts as they are now. */
 static int build_payload(al_engine_t *e, const dlv_t *d, uint32_t attempt, char **out)
 {
-    int64_t ids[AL_GROUP_MAX];
+    int64_t ids[AL_GROUP_MAX], folded = 0;
     json_t *root = NULL, *alerts = json_array();
     size_t n = 0;
     int r = alerts != NULL ? members(e, d->id, ids, &n) : AL_DB_ENOMEM;
@@ -342,12 +383,17 @@ static int build_payload(al_engine_t *e, const dlv_t *d, uint32_t attempt, char 
         }
         al_alert_dispose(&a);
     }
+    if (r == 0) {
+        sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_FOLDED_COUNT);
+        sqlite3_bind_int64(st, 1, d->id);
+        r = al_stmt_int(st, 0, &folded);
+    }
     if (r == 0)
-        root =
-            json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:i, s:O}", "version", "1", "delivery_id",
-                      d->delivery_id, "channel", d->channel, "kind",
-                      al_notify_kind_name((al_notify_kind_t)d->kind), "tier", al_tier_name(d->tier),
-                      "source", e->source, "attempt", (int)attempt, "alerts", alerts);
+        root = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:i, s:I, s:O}", "version", "1",
+                         "delivery_id", d->delivery_id, "channel", d->channel, "kind",
+                         al_notify_kind_name((al_notify_kind_t)d->kind), "tier",
+                         al_tier_name(d->tier), "source", e->source, "attempt", (int)attempt,
+                         "folded", (json_int_t)folded, "alerts", alerts);
     *out = root != NULL ? json_dumps(root, JSON_COMPACT) : NULL;
     if (r == 0 && *out == NULL)
         r = AL_DB_ENOMEM;
@@ -369,14 +415,16 @@ static int blocked(al_engine_t *e, const dlv_t *d, bool *yes)
     return r;
 }
 
-/* Claims delivery d into *out (1), or cancels/skips it (0). */
-static int claim_one(al_engine_t *e, dlv_t *d, uint64_t now, al_delivery_t *out)
+/* The checks before a due row may go: cancelled when a firing kind speaks only about alerts that
+ * are no longer firing, skipped while an earlier notification of one of its alerts is being sent
+ * on the channel. *go is true when neither applies. */
+static int may_send(al_engine_t *e, const dlv_t *d, uint64_t now, bool *go)
 {
-    sqlite3_stmt *st;
     int64_t firing = 0;
     bool is_blocked = false;
     int r = 0;
 
+    *go = false;
     if (d->kind != AL_NOTIFY_RESOLVED) {
         r = firing_members(e, d->id, &firing);
         if (r == 0 && firing == 0)
@@ -384,9 +432,16 @@ static int claim_one(al_engine_t *e, dlv_t *d, uint64_t now, al_delivery_t *out)
     }
     if (r == 0)
         r = blocked(e, d, &is_blocked);
-    if (r != 0 || is_blocked)
-        return r;
-    st = al_stmt(e, AL_ST_DLV_CLAIM);
+    *go = r == 0 && !is_blocked;
+    return r;
+}
+
+/* Marks d "sending" and fills *out (its channel moves there). Returns 1 or an error. */
+static int claim_row(al_engine_t *e, dlv_t *d, uint64_t now, al_delivery_t *out)
+{
+    sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_CLAIM);
+    int r;
+
     sqlite3_bind_int64(st, 1, d->id);
     al_bind_time(st, 2, now + e->opt.lease_ms);
     al_bind_time(st, 3, now);
@@ -412,6 +467,300 @@ static int claim_one(al_engine_t *e, dlv_t *d, uint64_t now, al_delivery_t *out)
     return 1;
 }
 
+/* Claims delivery d into *out (1), or cancels/skips it (0). */
+static int claim_one(al_engine_t *e, dlv_t *d, uint64_t now, al_delivery_t *out)
+{
+    bool go = false;
+    int r = may_send(e, d, now, &go);
+
+    return r != 0 || !go ? r : claim_row(e, d, now, out);
+}
+
+/* ---- channel rate limits ----
+ *
+ * A channel with `rate_limit: N/period` has a token bucket here (al_bucket_t): capacity N,
+ * refilling continuously at N per period, full at start (memory only: after a restart it starts
+ * full again). A claim takes one token per delivery (per notification, not per request: a
+ * webhook delivery of n alerts is still n requests). The last `reserve` tokens are kept for P0:
+ * P1/P2 may take a token only while more than reserve remain (reserve = ceil(N/4), so at least
+ * 1 when N >= 2, and 0 when N == 1); P0 may take any.
+ *
+ * A due row that gets no token is neither sent nor dropped: it stays pending, its
+ * next_attempt_at moves to the time a token will be there for its tier (no attempt counted, so
+ * al_outbox_next_due() does not spin) and throttled_at records that it had to wait. When a row
+ * of the channel then gets a token, it carries the waiting ones: every other due row of the same
+ * channel and kind that is throttled (or every one, when the carrier itself was throttled) is
+ * folded into it, in priority order (tier, then age) and as long as the union of their alerts
+ * stays within AL_GROUP_MAX: its alerts join the carrier's delivery_alerts, the row ends as
+ * 'folded' (folded_into = the carrier), the lineage of its alerts says so, and the carrier takes
+ * the most urgent tier among them. Rows whose alerts still wait for an earlier notification on
+ * the channel (ordering) are never folded. Until a notification had to wait, every row gets its
+ * own message; after, the excess goes out as one message per token ("N more alerts").
+ */
+
+/* The config of channel `name` (NULL: not configured, e.g. removed by a reload). */
+static const gw_channel_config_t *channel_cfg(const al_engine_t *e, const char *name)
+{
+    for (size_t i = 0; i < e->cfg->nchannels; i++)
+        if (strcmp(e->cfg->channels[i].name, name) == 0)
+            return &e->cfg->channels[i];
+    return NULL;
+}
+
+static uint64_t rl_reserve(uint64_t tokens)
+{
+    return tokens <= 1 ? 0 : (tokens + 3) / 4;
+}
+
+/* Tokens a row of this tier needs in the bucket before it may take one. */
+static uint64_t rl_need(const al_bucket_t *b, int tier)
+{
+    return tier == GW_TIER_P0 ? 1 : rl_reserve(b->rate.tokens) + 1;
+}
+
+static uint64_t rl_capacity(const gw_rate_t *rate)
+{
+    return rate->tokens * rate->period_ms; /* <= 2^32 * 3.6e6: no overflow */
+}
+
+static void rl_refill(al_bucket_t *b, uint64_t now)
+{
+    uint64_t cap = rl_capacity(&b->rate), elapsed;
+
+    if (now <= b->at) {
+        b->at = now; /* the clock went back: no refill, no debt */
+        return;
+    }
+    elapsed = now - b->at;
+    b->at = now;
+    if (elapsed >= b->rate.period_ms || cap - b->level <= elapsed * b->rate.tokens)
+        b->level = cap; /* (the product is only computed for elapsed < period: no overflow) */
+    else
+        b->level += elapsed * b->rate.tokens;
+}
+
+static bool rl_has(const al_bucket_t *b, uint64_t need)
+{
+    return b->level >= need * b->rate.period_ms;
+}
+
+/* When the bucket will hold `need` tokens again (now if it does). */
+static uint64_t rl_when(const al_bucket_t *b, uint64_t need, uint64_t now)
+{
+    uint64_t want = need * b->rate.period_ms;
+
+    if (b->level >= want)
+        return now;
+    return al_add_ms(now, (want - b->level + b->rate.tokens - 1) / b->rate.tokens);
+}
+
+/* Whether channel c (NULL: not configured) has a rate limit. */
+static bool rl_limited(const gw_channel_config_t *c)
+{
+    return c != NULL && c->rate_limit.tokens > 0 && c->rate_limit.period_ms > 0 &&
+           strlen(c->name) <= AL_RL_NAME_MAX;
+}
+
+/* The bucket of rate-limited channel c, refilled to now. */
+static al_bucket_t *rl_bucket(al_engine_t *e, const gw_channel_config_t *c, uint64_t now)
+{
+    const char *name = c->name;
+    al_bucket_t *b = NULL, *victim = NULL;
+
+    for (size_t i = 0; b == NULL && i < AL_RL_BUCKETS; i++)
+        if (strcmp(e->buckets[i].channel, name) == 0)
+            b = &e->buckets[i];
+    if (b != NULL && b->rate.tokens == c->rate_limit.tokens &&
+        b->rate.period_ms == c->rate_limit.period_ms) {
+        rl_refill(b, now);
+        return b;
+    }
+    if (b == NULL) {
+        /* A free entry; else the one closest to full (a full bucket is the same as a new one,
+         * so evicting it loses nothing). */
+        double best = -1;
+        for (size_t i = 0; i < AL_RL_BUCKETS; i++) {
+            al_bucket_t *x = &e->buckets[i];
+            double fill;
+            if (x->channel[0] == '\0') {
+                victim = x;
+                break;
+            }
+            rl_refill(x, now);
+            fill = (double)x->level / (double)rl_capacity(&x->rate);
+            if (fill > best) {
+                best = fill;
+                victim = x;
+            }
+        }
+        b = victim;
+        snprintf(b->channel, sizeof(b->channel), "%s", name);
+    }
+    /* New, or the rate changed (reload): start full. */
+    b->rate = c->rate_limit;
+    b->level = rl_capacity(&b->rate);
+    b->at = now;
+    return b;
+}
+
+/* Row d got no token: it waits, due again when its tier can have one. */
+static int rl_wait(al_engine_t *e, const dlv_t *d, const al_bucket_t *b, uint64_t now)
+{
+    sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_THROTTLE);
+    uint64_t until = rl_when(b, rl_need(b, d->tier), now);
+    int r;
+
+    if (until <= now)
+        until = now + 1; /* cannot happen (it had no token); never leave it due */
+    sqlite3_bind_int64(st, 1, d->id);
+    al_bind_time(st, 2, until);
+    al_bind_time(st, 3, now);
+    r = al_stmt_run(st);
+    if (r == 0 && d->throttled_at == AL_NEVER) /* once per wait, not at every re-check */
+        r = history_members(
+            e, d, "delivery",
+            json_pack("{s:s, s:s, s:s?, s:s, s:s, s:I}", "delivery_id", d->delivery_id, "channel",
+                      d->channel, "kind", al_notify_kind_name((al_notify_kind_t)d->kind), "status",
+                      "pending", "reason", "waiting for a token of the channel's rate limit",
+                      "next_attempt_ms", (json_int_t)until),
+            now);
+    return r;
+}
+
+/* Folds row y into carrier c (alerts cm[0..*ncm), updated). */
+static int rl_fold(al_engine_t *e, dlv_t *c, int64_t *cm, size_t *ncm, const dlv_t *y,
+                   const int64_t *ym, size_t nym, uint64_t now)
+{
+    sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_FOLD_MEMBERS);
+    char reason[96];
+    int r;
+
+    sqlite3_bind_int64(st, 1, c->id);
+    sqlite3_bind_int64(st, 2, y->id);
+    r = al_stmt_run(st);
+    if (r == 0) {
+        st = al_stmt(e, AL_ST_DLV_FOLD);
+        sqlite3_bind_int64(st, 1, y->id);
+        sqlite3_bind_int64(st, 2, c->id);
+        al_bind_time(st, 3, now);
+        r = al_stmt_run(st);
+    }
+    if (r == 0 && sqlite3_changes(e->conn) == 0)
+        r = AL_ESTALE; /* cannot happen: rows are read in this transaction */
+    if (r != 0)
+        return r;
+    snprintf(reason, sizeof(reason), "folded into delivery %s (channel rate limit)",
+             c->delivery_id);
+    r = history_members(e, y, "delivery",
+                        json_pack("{s:s, s:s, s:s?, s:s, s:s, s:s}", "delivery_id", y->delivery_id,
+                                  "channel", y->channel, "kind",
+                                  al_notify_kind_name((al_notify_kind_t)y->kind), "status",
+                                  "folded", "folded_into", c->delivery_id, "reason", reason),
+                        now);
+    for (size_t i = 0; i < nym; i++) {
+        bool have = false;
+        for (size_t k = 0; !have && k < *ncm; k++)
+            have = cm[k] == ym[i];
+        if (!have && *ncm < AL_GROUP_MAX)
+            cm[(*ncm)++] = ym[i];
+    }
+    if (y->tier < c->tier)
+        c->tier = y->tier;
+    return r;
+}
+
+/* Alerts of y that c (cm) does not speak about yet. */
+static size_t rl_new_members(const int64_t *cm, size_t ncm, const int64_t *ym, size_t nym)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < nym; i++) {
+        bool have = false;
+        for (size_t k = 0; !have && k < ncm; k++)
+            have = cm[k] == ym[i];
+        n += !have;
+    }
+    return n;
+}
+
+/* Row v[i] got a token: fold into it what waits behind it (see above). done[] marks the rows
+ * this pass has dealt with. */
+static int rl_carry(al_engine_t *e, dlv_t *v, size_t nv, size_t i, bool *done, uint64_t now)
+{
+    dlv_t *c = &v[i];
+    int64_t cm[AL_GROUP_MAX], ym[AL_GROUP_MAX];
+    size_t ncm = 0, nym = 0;
+    bool congested = c->throttled_at != AL_NEVER;
+    int tier = c->tier, r = members(e, c->id, cm, &ncm);
+
+    for (size_t j = i + 1; r == 0 && j < nv; j++) {
+        bool go = false;
+        if (done[j] || v[j].kind != c->kind || (!congested && v[j].throttled_at == AL_NEVER))
+            continue;
+        r = members(e, v[j].id, ym, &nym);
+        if (r != 0 || ncm + rl_new_members(cm, ncm, ym, nym) > AL_GROUP_MAX)
+            continue; /* does not fit: it waits for a token of its own */
+        done[j] = true;
+        r = may_send(e, &v[j], now, &go);
+        if (r == 0 && go)
+            r = rl_fold(e, c, cm, &ncm, &v[j], ym, nym, now);
+    }
+    if (r == 0 && c->tier != tier) {
+        sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_SET_TIER);
+        sqlite3_bind_int64(st, 1, c->id);
+        sqlite3_bind_int(st, 2, c->tier);
+        r = al_stmt_run(st);
+    }
+    return r;
+}
+
+#define RL_PASS_MAX 128 /* due rows of one rate-limited channel looked at per claim */
+
+/* Claims what channel `name` (rate-limited, bucket b) may send now, most urgent first. */
+static int claim_channel(al_engine_t *e, const char *name, al_bucket_t *b, uint64_t now,
+                         al_delivery_t *out, size_t max, size_t *n)
+{
+    sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_CHANNEL_DUE);
+    dlv_t *v = calloc(RL_PASS_MAX, sizeof(*v));
+    bool done[RL_PASS_MAX] = {false};
+    size_t nv = 0;
+    int rc = SQLITE_DONE, r = v != NULL ? 0 : AL_DB_ENOMEM;
+
+    al_bind_text(st, 1, name);
+    al_bind_time(st, 2, now);
+    sqlite3_bind_int(st, 3, RL_PASS_MAX);
+    while (r == 0 && nv < RL_PASS_MAX && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        r = dlv_read(st, &v[nv++]);
+    if (r == 0 && nv < RL_PASS_MAX && rc != SQLITE_DONE)
+        r = al_db_translate(rc);
+    al_stmt_done(st);
+    for (size_t i = 0; r == 0 && i < nv && *n < max; i++) {
+        bool go = false;
+        if (done[i])
+            continue;
+        done[i] = true;
+        r = may_send(e, &v[i], now, &go);
+        if (r != 0 || !go)
+            continue;
+        if (!rl_has(b, rl_need(b, v[i].tier))) {
+            r = rl_wait(e, &v[i], b, now);
+            continue;
+        }
+        b->level -= b->rate.period_ms;
+        r = rl_carry(e, v, nv, i, done, now);
+        if (r == 0)
+            r = claim_row(e, &v[i], now, &out[*n]);
+        if (r == 1) {
+            (*n)++;
+            r = 0;
+        }
+    }
+    for (size_t i = 0; i < nv; i++)
+        dlv_dispose(&v[i]);
+    free(v);
+    return r;
+}
+
 static int due_ids(al_engine_t *e, uint64_t now, size_t limit, int64_t *ids, size_t *n)
 {
     sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_DUE);
@@ -426,25 +775,49 @@ static int due_ids(al_engine_t *e, uint64_t now, size_t limit, int64_t *ids, siz
     return *n == limit || rc == SQLITE_DONE ? 0 : al_db_translate(rc);
 }
 
+#define CLAIM_SCANS 4 /* due scans per claim: rows a rate-limited channel put back make room */
+
 static int claim_locked(al_engine_t *e, uint64_t now, al_delivery_t *out, size_t max, size_t *n)
 {
     int64_t ids[2 * AL_CLAIM_MAX];
-    size_t nids = 0, reaped;
+    /* rate-limited channels dealt with in this claim (their rows are claimed together) */
+    const gw_channel_config_t *seen[2 * AL_CLAIM_MAX];
+    size_t nids = 2 * max, nseen = 0, reaped;
+    bool moved = true; /* rows left the due set: a new scan sees others */
     int r = reap_locked(e, now, now, &reaped);
 
-    if (r == 0)
+    for (int scan = 0; r == 0 && scan < CLAIM_SCANS && *n < max && nids == 2 * max && moved;
+         scan++) {
+        moved = false;
         r = due_ids(e, now, 2 * max, ids, &nids);
-    for (size_t i = 0; r == 0 && i < nids && *n < max; i++) {
-        dlv_t d;
-        r = dlv_get(e, ids[i], &d);
-        if (r != 1)
-            continue;
-        r = claim_one(e, &d, now, &out[*n]);
-        if (r == 1) {
-            (*n)++;
+        for (size_t i = 0; r == 0 && i < nids && *n < max; i++) {
+            const gw_channel_config_t *c;
+            bool again = false;
+            dlv_t d;
+            r = dlv_get(e, ids[i], &d);
+            if (r != 1)
+                continue;
             r = 0;
+            c = channel_cfg(e, d.channel);
+            for (size_t k = 0; rl_limited(c) && k < nseen; k++)
+                again = again || seen[k] == c;
+            if (strcmp(d.status, "pending") != 0 || again ||
+                (rl_limited(c) && nseen == sizeof(seen) / sizeof(seen[0]))) {
+                /* claimed, folded or put back by its channel's pass (or next claim's) */
+            } else if (rl_limited(c)) {
+                seen[nseen++] = c;
+                moved = true;
+                r = claim_channel(e, d.channel, rl_bucket(e, c, now), now, out, max, n);
+            } else {
+                r = claim_one(e, &d, now, &out[*n]);
+                if (r == 1) {
+                    (*n)++;
+                    moved = true;
+                    r = 0;
+                }
+            }
+            dlv_dispose(&d);
         }
-        dlv_dispose(&d);
     }
     if (r == 0)
         r = al_notes_flush_locked(e, now);
@@ -453,6 +826,7 @@ static int claim_locked(al_engine_t *e, uint64_t now, al_delivery_t *out, size_t
 
 int al_outbox_claim(al_engine_t *e, uint64_t now_ms, al_delivery_t *out, size_t max, size_t *n)
 {
+    al_bucket_t *saved;
     int r;
 
     *n = 0;
@@ -460,19 +834,26 @@ int al_outbox_claim(al_engine_t *e, uint64_t now_ms, al_delivery_t *out, size_t 
         return AL_DB_EINVAL;
     if (max > AL_CLAIM_MAX)
         max = AL_CLAIM_MAX;
+    /* Tokens taken by a claim that rolls back are given back. */
+    saved = malloc(sizeof(e->buckets));
+    if (saved == NULL)
+        return AL_DB_ENOMEM;
+    memcpy(saved, e->buckets, sizeof(e->buckets));
     r = al_txn_begin(e);
-    if (r != 0)
-        return r;
-    r = claim_locked(e, now_ms, out, max, n);
-    if (r == 0)
-        r = al_txn_commit(e);
-    else
-        al_txn_rollback(e);
+    if (r == 0) {
+        r = claim_locked(e, now_ms, out, max, n);
+        if (r == 0)
+            r = al_txn_commit(e);
+        else
+            al_txn_rollback(e);
+    }
     if (r != 0) {
+        memcpy(e->buckets, saved, sizeof(e->buckets));
         for (size_t i = 0; i < *n; i++)
             al_delivery_dispose(&out[i]);
         *n = 0;
     }
+    free(saved);
     return r;
 }
 

@@ -80,9 +80,13 @@ int al_stmt_int(sqlite3_stmt *st, int64_t null_value, int64_t *out)
     return ret;
 }
 
+/* ECORRUPT too: SQLite 3.40 reports a read that failed with EIO as SQLITE_CORRUPT (extended code
+ * 11, no system errno; chaos db_eio --modes read), so it cannot be told from real corruption here,
+ * and holding inputs in memory (bounded, counted) is the better answer to both. */
 bool al_store_unavailable(int code)
 {
-    return code == AL_DB_EBUSY || code == AL_DB_ENOSPC || code == AL_DB_EIO;
+    return code == AL_DB_EBUSY || code == AL_DB_ENOSPC || code == AL_DB_EIO ||
+           code == AL_DB_ECORRUPT;
 }
 
 static int note_store(al_engine_t *e, int r)
@@ -296,6 +300,33 @@ int al_alert_get_active(al_engine_t *e, const char *dedup_key, al_alert_t *a)
 
     sqlite3_bind_text(st, 1, dedup_key, -1, SQLITE_TRANSIENT);
     return load_one(st, a);
+}
+
+int al_alerts_count_active(al_engine_t *e, uint64_t firing[GW_TIER_COUNT],
+                           uint64_t acked[GW_TIER_COUNT])
+{
+    sqlite3_stmt *st = al_stmt(e, AL_ST_ALERT_ACTIVE_COUNTS);
+    uint64_t f[GW_TIER_COUNT] = {0}, a[GW_TIER_COUNT] = {0};
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int status = al_status_parse((const char *)sqlite3_column_text(st, 0));
+        int tier = sqlite3_column_int(st, 1);
+        uint64_t n = (uint64_t)sqlite3_column_int64(st, 2);
+
+        if (tier < 0 || tier >= GW_TIER_COUNT)
+            continue;
+        if (status == AL_FIRING)
+            f[tier] += n;
+        else if (status == AL_ACKED)
+            a[tier] += n;
+    }
+    al_stmt_done(st);
+    if (rc != SQLITE_DONE)
+        return al_db_translate(rc);
+    memcpy(firing, f, sizeof(f));
+    memcpy(acked, a, sizeof(a));
+    return 0;
 }
 
 static uint64_t min_time(uint64_t a, uint64_t b)

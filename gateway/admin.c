@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "health.h"
@@ -27,25 +28,22 @@ typedef struct admin_handler {
     gw_admin_t *admin;
 } admin_handler_t;
 
+void gw_admin_send_json_text(h2o_req_t *req, int status, char *json)
+{
+    if (json == NULL) {
+        h2o_send_error_500(req, "Internal Server Error", "out of memory", 0);
+        return;
+    }
+    h2o_iovec_t copy = h2o_strdup(&req->pool, json, strlen(json));
+    free(json);
+    gw_reply_send(req, status, "application/json", true, NULL, copy);
+}
+
 static void send_json(h2o_req_t *req, int status, json_t *body)
 {
     char *text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(body);
-    if (text == NULL) {
-        h2o_send_error_500(req, "Internal Server Error", "out of memory", 0);
-        return;
-    }
-    h2o_iovec_t copy = h2o_strdup(&req->pool, text, strlen(text));
-    free(text);
-    req->res.status = status;
-    req->res.reason = gw_status_reason(status);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("application/json"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-store"));
-    /* h2o_send_inline leaves the length unset; without it HTTP/1.1 clients get Connection: close */
-    req->res.content_length = copy.len;
-    h2o_send_inline(req, copy.base, copy.len);
+    gw_admin_send_json_text(req, status, text);
 }
 
 static void send_error(h2o_req_t *req, int status, const char *code, const char *message)
@@ -109,13 +107,7 @@ static void handle_metrics(gw_admin_t *a, h2o_req_t *req)
                                   h2o_iovec_init(alerts, strlen(alerts)));
     free(text);
     free(alerts);
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("text/plain; version=0.0.4; charset=utf-8"));
-    /* h2o_send_inline leaves the length unset; without it HTTP/1.1 clients get Connection: close */
-    req->res.content_length = copy.len;
-    h2o_send_inline(req, copy.base, copy.len);
+    gw_reply_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", false, NULL, copy);
 }
 
 static json_t *hosts_json(gw_admin_t *a, size_t u)

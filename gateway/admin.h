@@ -31,7 +31,15 @@ typedef struct gw_admin {
     struct al_sender *sender; /* the delivery loop; NULL likewise */
     void (*kick)(void *ctx);  /* something may have become due for delivery */
     void *kick_ctx;
+    /* breakwater_alerts_firing / breakwater_alerts_acknowledged by tier, as last read from the
+     * store: printed again when it cannot be read (busy, full, I/O error) or is not open */
+    uint64_t alerts_firing[GW_TIER_COUNT];
+    uint64_t alerts_acked[GW_TIER_COUNT];
 } gw_admin_t;
+
+/* Sends a malloc'd JSON text (freed here) with `status`, as every admin answer: Content-Type
+ * application/json, Cache-Control: no-store. json NULL (out of memory): a plain 500. */
+void gw_admin_send_json_text(h2o_req_t *req, int status, char *json);
 
 /* Sends {"error": code, "message": message} with `status`. */
 void gw_admin_send_error(h2o_req_t *req, int status, const char *code, const char *message);
@@ -40,7 +48,7 @@ void gw_admin_send_error(h2o_req_t *req, int status, const char *code, const cha
 void gw_admin_kick(gw_admin_t *a);
 
 /* The alert metrics in Prometheus text (admin_alerts.c): deliveries by channel and result, the
- * outbox depth. malloc'd; NULL when out of memory. */
+ * outbox depth, alerts firing and acknowledged by tier. malloc'd; NULL when out of memory. */
 char *gw_admin_alert_metrics(gw_admin_t *a);
 
 /* The alert and silence endpoints (admin_alerts.c). Returns 1 when it answered the request (the

@@ -15,35 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "admin.h"
 #include "acklink.h"
 #include "alerts.h"
+#include "log.h"
 #include "query.h"
 #include "sender.h"
-
-static uint64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Sends an engine-made JSON document (malloc'd; freed here). */
-static void send_text(h2o_req_t *req, int status, char *json)
-{
-    h2o_iovec_t copy = h2o_strdup(&req->pool, json, strlen(json));
-    free(json);
-    req->res.status = status;
-    req->res.reason = status == 200 ? "OK" : status == 201 ? "Created" : "Accepted";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("application/json"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-store"));
-    req->res.content_length = copy.len;
-    h2o_send_inline(req, copy.base, copy.len);
-}
 
 /* Maps an engine error to an HTTP answer. */
 static void send_engine_error(h2o_req_t *req, int r, const char *detail)
@@ -93,7 +71,7 @@ static void list_alerts(gw_admin_t *a, h2o_req_t *req)
         send_engine_error(
             req, r, r == AL_EBADINPUT ? "status must be firing, acknowledged or resolved" : NULL);
     else
-        send_text(req, 200, json);
+        gw_admin_send_json_text(req, 200, json);
 }
 
 static void raise_external(gw_admin_t *a, h2o_req_t *req)
@@ -101,7 +79,7 @@ static void raise_external(gw_admin_t *a, h2o_req_t *req)
     char err[256] = "";
     al_external_result_t res;
     int r = al_engine_external(a->engine, req->entity.base != NULL ? req->entity.base : "",
-                               req->entity.len, unix_ms(), &res, err, sizeof(err));
+                               req->entity.len, gw_unix_ms(), &res, err, sizeof(err));
     if (r < 0) {
         send_engine_error(req, r, err);
         return;
@@ -116,7 +94,7 @@ static void raise_external(gw_admin_t *a, h2o_req_t *req)
             : json_pack("{s:s, s:I, s:I, s:I, s:I, s:o}", "status", "accepted", "raised",
                         (json_int_t)res.raised, "updated", (json_int_t)res.updated, "resolved",
                         (json_int_t)res.resolved, "ignored", (json_int_t)res.ignored, "ids", ids);
-    send_text(req, r == AL_QUEUED ? 202 : 201, json_dumps(body, JSON_COMPACT));
+    gw_admin_send_json_text(req, r == AL_QUEUED ? 202 : 201, json_dumps(body, JSON_COMPACT));
     json_decref(body);
 }
 
@@ -127,8 +105,8 @@ static void alert_action(gw_admin_t *a, h2o_req_t *req, bool ack)
         gw_admin_send_error(req, 404, "not_found", "no such alert");
         return;
     }
-    int r = ack ? al_engine_ack(a->engine, id, "admin-api", unix_ms())
-                : al_engine_resolve(a->engine, id, "admin-api", unix_ms());
+    int r = ack ? al_engine_ack(a->engine, id, "admin-api", gw_unix_ms())
+                : al_engine_resolve(a->engine, id, "admin-api", gw_unix_ms());
     if (r != 0) {
         send_engine_error(req, r, NULL);
         return;
@@ -138,7 +116,7 @@ static void alert_action(gw_admin_t *a, h2o_req_t *req, bool ack)
     if (al_alert_json(a->engine, id, &json) != 0)
         gw_admin_send_error(req, 500, "internal_error", "cannot read the alert back");
     else
-        send_text(req, 200, json);
+        gw_admin_send_json_text(req, 200, json);
 }
 
 /* The alert with its deliveries and history, plus its signed ack link when alerts.external_url
@@ -153,7 +131,8 @@ static void get_alert(gw_admin_t *a, h2o_req_t *req)
         return;
     }
     char link[512];
-    size_t n = al_ack_link(a->cfg->alerts.external_url, id, unix_ms() / 1000, link, sizeof(link));
+    size_t n =
+        al_ack_link(a->cfg->alerts.external_url, id, gw_unix_ms() / 1000, link, sizeof(link));
     json_t *doc = n > 0 ? json_loads(json, 0, NULL) : NULL;
     if (doc != NULL) {
         json_object_set_new(doc, "ack_link", json_stringn(link, n));
@@ -164,7 +143,7 @@ static void get_alert(gw_admin_t *a, h2o_req_t *req)
     if (json == NULL)
         gw_admin_send_error(req, 500, "internal_error", "out of memory");
     else
-        send_text(req, 200, json);
+        gw_admin_send_json_text(req, 200, json);
 }
 
 static void silences(gw_admin_t *a, h2o_req_t *req, bool get, bool post, bool del)
@@ -173,32 +152,32 @@ static void silences(gw_admin_t *a, h2o_req_t *req, bool get, bool post, bool de
     if (get && req->path_normalized.len == strlen("/api/v1/silences")) {
         char all[8];
         bool include_all = gw_query_param(req, "all", all, sizeof(all)) == 1 && !strcmp(all, "1");
-        int r = al_silences_json(a->engine, unix_ms(), include_all, &json);
+        int r = al_silences_json(a->engine, gw_unix_ms(), include_all, &json);
         if (r != 0)
             send_engine_error(req, r, NULL);
         else
-            send_text(req, 200, json);
+            gw_admin_send_json_text(req, 200, json);
     } else if (post && req->path_normalized.len == strlen("/api/v1/silences")) {
         int64_t id = 0;
         int r = al_silence_create_json(a->engine, req->entity.base != NULL ? req->entity.base : "",
-                                       req->entity.len, unix_ms(), &id, err, sizeof(err));
+                                       req->entity.len, gw_unix_ms(), &id, err, sizeof(err));
         if (r != 0) {
             send_engine_error(req, r, err);
             return;
         }
         json_t *body = json_pack("{s:I}", "id", (json_int_t)id);
-        send_text(req, 201, json_dumps(body, JSON_COMPACT));
+        gw_admin_send_json_text(req, 201, json_dumps(body, JSON_COMPACT));
         json_decref(body);
     } else if (del) {
         int64_t id = path_id(req, strlen("/api/v1/silences/"));
-        int r = id < 0 ? AL_ENOENT : al_silence_expire(a->engine, id, unix_ms());
+        int r = id < 0 ? AL_ENOENT : al_silence_expire(a->engine, id, gw_unix_ms());
         if (r != 0) {
             send_engine_error(req, r, NULL);
             return;
         }
         gw_admin_kick(a);
         json_t *body = json_pack("{s:I, s:s}", "id", (json_int_t)id, "status", "expired");
-        send_text(req, 200, json_dumps(body, JSON_COMPACT));
+        gw_admin_send_json_text(req, 200, json_dumps(body, JSON_COMPACT));
         json_decref(body);
     } else {
         gw_admin_send_error(req, 405, "method_not_allowed",
@@ -233,6 +212,22 @@ char *gw_admin_alert_metrics(gw_admin_t *a)
             "# TYPE breakwater_alert_queue_depth gauge\n"
             "breakwater_alert_queue_depth %llu\n",
             (unsigned long long)(depth + (a->engine != NULL ? al_engine_queued(a->engine) : 0)));
+    /* the last known counts stay when the store cannot be read: a scrape never fails on it */
+    if (a->engine != NULL)
+        al_alerts_count_active(a->engine, a->alerts_firing, a->alerts_acked);
+    fputs("# HELP breakwater_alerts_firing Alerts firing and not acknowledged, by current tier.\n"
+          "# TYPE breakwater_alerts_firing gauge\n",
+          f);
+    for (int t = 0; t < GW_TIER_COUNT; t++)
+        fprintf(f, "breakwater_alerts_firing{tier=\"%s\"} %llu\n", al_tier_name(t),
+                (unsigned long long)a->alerts_firing[t]);
+    fputs("# HELP breakwater_alerts_acknowledged Alerts acknowledged and not resolved, by current "
+          "tier.\n"
+          "# TYPE breakwater_alerts_acknowledged gauge\n",
+          f);
+    for (int t = 0; t < GW_TIER_COUNT; t++)
+        fprintf(f, "breakwater_alerts_acknowledged{tier=\"%s\"} %llu\n", al_tier_name(t),
+                (unsigned long long)a->alerts_acked[t]);
     if (fclose(f) != 0) {
         free(out);
         return NULL;

@@ -94,16 +94,9 @@ static void on_accept(uv_stream_t *listener, int status)
  * next control process reads the batch again. When the disk is full the batch is rolled back and
  * retried on the next tick; meanwhile the channel keeps the newest events (dropping the oldest).
  */
-static uint64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static bool store_error(int r)
 {
-    return r == AL_DB_EBUSY || r == AL_DB_ENOSPC || r == AL_DB_EIO;
+    return r == AL_DB_EBUSY || r == AL_DB_ENOSPC || r == AL_DB_EIO || r == AL_DB_ECORRUPT;
 }
 
 /* Tells the store watcher how the store is doing after a write whose result was r: failing while
@@ -112,7 +105,7 @@ static void watch_store(control_t *c, int r)
 {
     if (c->storewatch == NULL || c->engine == NULL)
         return;
-    uint64_t now = unix_ms();
+    uint64_t now = gw_unix_ms();
     al_engine_stats_t st;
     al_engine_stats(c->engine, &st);
     if (store_error(r))
@@ -131,7 +124,7 @@ static void on_alert_tick(uv_timer_t *t)
     control_t *c = t->data;
     if (c->engine == NULL)
         return;
-    uint64_t now = unix_ms(), next = now + ALERT_TICK_MAX_MS;
+    uint64_t now = gw_unix_ms(), next = now + ALERT_TICK_MAX_MS;
     int r = al_engine_tick(c->engine, now, &next);
     if (r < 0)
         gw_log_limited(&c->drain_errors, uv_now(&c->loop), GW_LOG_ERROR,
@@ -327,7 +320,7 @@ static void start_alert_engine(control_t *c)
     al_engine_options_t opts = {.source = source};
     int r = al_engine_new(c->admin.db, &c->rt->cfg->alerts, &opts, &c->engine);
     if (r == 0)
-        r = al_engine_start(c->engine, unix_ms());
+        r = al_engine_start(c->engine, gw_unix_ms());
     if (r != 0) {
         gw_log(GW_LOG_ERROR, "cannot start the alert engine", "{s:s}", "error", al_strerror(r));
         al_engine_free(c->engine);

@@ -22,6 +22,13 @@ static char process_name[32] = "breakwater";
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+uint64_t gw_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 void gw_log_init(const char *process)
 {
     const char *env = getenv("BREAKWATER_LOG_LEVEL");

@@ -33,6 +33,9 @@ int gw_log_enabled(gw_log_level_t level);
 
 void gw_log(gw_log_level_t level, const char *msg, const char *fields_fmt, ...);
 
+/* The wall clock in unix milliseconds: the `now_ms` the alert engine takes, event timestamps. */
+uint64_t gw_unix_ms(void);
+
 /*
  * Rate limit for a repeated log line (an upstream refusing thousands of connections must not
  * flood the log): at most one line per `interval_ms`; the next line that gets through carries the

@@ -1038,11 +1038,17 @@ static int handle_ack_link(gw_worker_t *w, h2o_req_t *req, uint64_t start_ns,
     if (v != 0)
         return reply_local(w, req, r, start_ns, request_id, 403, "invalid_ack_link", NULL,
                            "this acknowledgement link is not valid");
-    /* A phone call's <Gather> comes back as ?Digits=N (Twilio): only "1" acknowledges, and the
-     * answer must be TwiML. A click in a chat or an email has no Digits. */
+    /* A phone call's <Gather> comes back with Digits=N (Twilio): in the query for our TwiML's
+     * method="GET", in a form body when the Gather POSTs (Twilio's default method). Only "1"
+     * acknowledges, and the answer must be TwiML. A Digits that is present but too long for
+     * the buffer is a key press too (not "1"), never a click. A click in a chat or an email
+     * has no Digits. */
     char digits[8];
-    bool phone = gw_query_param(req, "Digits", digits, sizeof(digits)) == 1;
-    bool ack = !phone || strcmp(digits, "1") == 0;
+    int d = gw_query_param(req, "Digits", digits, sizeof(digits));
+    if (d == 0)
+        d = gw_form_param(req, "Digits", digits, sizeof(digits));
+    bool phone = d != 0;
+    bool ack = !phone || (d == 1 && strcmp(digits, "1") == 0);
     if (ack) {
         char fields[96];
         snprintf(fields, sizeof(fields), "{\"alert_id\":%lld,\"via\":\"%s\"}", (long long)id,

@@ -49,6 +49,10 @@ const char *gw_status_reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
     case 400:
         return "Bad Request";
     case 401:
@@ -114,16 +118,23 @@ void gw_reply_verror(h2o_req_t *req, int status, const char *code, const char *r
     int len = snprintf(body, cap, "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"%s}\n",
                        code, msg_esc, request_id, extra != NULL ? extra : "");
 
+    gw_reply_send(req, status, "application/json", true, reason, h2o_iovec_init(body, (size_t)len));
+}
+
+void gw_reply_send(h2o_req_t *req, int status, const char *content_type, bool no_store,
+                   const char *reason, h2o_iovec_t body)
+{
     req->res.status = status;
     req->res.reason = gw_status_reason(status);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                   H2O_STRLIT("application/json"));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-store"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type,
+                   strlen(content_type));
+    if (no_store)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                       H2O_STRLIT("no-store"));
     if (reason != NULL)
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-breakwater-reason"), 0,
                               NULL, reason, strlen(reason));
     /* h2o_send_inline leaves the length unset; without it HTTP/1.1 clients get Connection: close */
-    req->res.content_length = (size_t)len;
-    h2o_send_inline(req, body, (size_t)len);
+    req->res.content_length = body.len;
+    h2o_send_inline(req, body.base, body.len);
 }

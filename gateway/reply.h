@@ -11,6 +11,7 @@
 
 #include <h2o.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #define GW_REQUEST_ID_MAX 128
@@ -25,6 +26,18 @@ const char *gw_status_reason(int status);
 /* True when an inbound X-Request-Id can be used as is: 1..GW_REQUEST_ID_MAX visible ASCII
  * characters other than '"' and '\\' (so it is safe in JSON, logs and headers). */
 int gw_request_id_valid(const char *s, size_t len);
+
+/*
+ * Sends `body` as the whole response and ends the request: `status` with its reason phrase,
+ * Content-Type `content_type` (a string that outlives the request, e.g. a literal),
+ * Cache-Control: no-store when `no_store`, X-Breakwater-Reason: `reason` unless it is NULL, and
+ * a Content-Length (h2o_send_inline leaves it unset, and HTTP/1.1 clients then get Connection:
+ * close). `body` must stay valid until the request is disposed (in req->pool, or static). Used by
+ * the refusals on the public listener (gw_reply_error, with the reason header) and by every admin
+ * API answer (JSON with no-store; /metrics as Prometheus text without it).
+ */
+void gw_reply_send(h2o_req_t *req, int status, const char *content_type, bool no_store,
+                   const char *reason, h2o_iovec_t body);
 
 /*
  * Sends a Breakwater error response and ends the request.

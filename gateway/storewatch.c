@@ -60,13 +60,6 @@ struct gw_storewatch {
 
 #define NONE AL_NOTIFY_KIND_COUNT
 
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void new_uuid(char out[37])
 {
     unsigned char b[16] = {0};
@@ -76,7 +69,7 @@ static void new_uuid(char out[37])
         ssize_t r = getrandom(b + got, sizeof(b) - got, 0);
         if (r <= 0) {
             /* never in practice; a weaker id beats no notice */
-            uint64_t t = wall_ms() ^ (uint64_t)(uintptr_t)out;
+            uint64_t t = gw_unix_ms() ^ (uint64_t)(uintptr_t)out;
             memcpy(b + got, &t, sizeof(b) - got < sizeof(t) ? sizeof(b) - got : sizeof(t));
             break;
         }
@@ -187,7 +180,7 @@ static void on_sent(void *ctx, const char *channel, al_reply_class_t result)
         backoff *= 2;
     if (backoff > GW_STOREWATCH_RETRY_MAX_MS)
         backoff = GW_STOREWATCH_RETRY_MAX_MS;
-    n->next_at = wall_ms() + backoff;
+    n->next_at = gw_unix_ms() + backoff;
 next:
     arm(w, 0);
 }
@@ -195,7 +188,7 @@ next:
 /* Starts every due notice; re-arms for the next one. */
 static void pass(gw_storewatch_t *w)
 {
-    uint64_t now = wall_ms(), next = UINT64_MAX;
+    uint64_t now = gw_unix_ms(), next = UINT64_MAX;
     int tier = rule_tier(w);
 
     if (w->failing && !w->paged && tier >= 0) {

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -23,8 +24,11 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("BW_SOURCE_DIR", os.path.abspath(os.path.join(HERE, "..", "..")))
-BINARY = os.environ.get("BW_BINARY", os.path.join(SOURCE_DIR, "build", "breakwater"))
-UPSTREAM = os.environ.get("BW_UPSTREAM", os.path.join(SOURCE_DIR, "build", "bw_upstream"))
+# absolute: the gateway runs in its own temporary directory
+BINARY = os.path.abspath(
+    os.environ.get("BW_BINARY", os.path.join(SOURCE_DIR, "build", "breakwater")))
+UPSTREAM = os.path.abspath(
+    os.environ.get("BW_UPSTREAM", os.path.join(SOURCE_DIR, "build", "bw_upstream")))
 
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
@@ -271,3 +275,114 @@ def run_breakwater(*args, env=None, cwd=None, timeout=10):
         env={**os.environ, **(env or {})},
         cwd=cwd,
     )
+
+
+# ---- helpers shared by the test files --------------------------------------------------------
+
+
+def wait_for(predicate, timeout=10, what="the condition", interval=0.01):
+    """Polls predicate() until it returns something true, and returns that; fails the test after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def children(pid):
+    """The PIDs of pid's child processes."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except OSError:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                             text=True, timeout=10).stdout
+        return {int(x) for x in out.split()}
+
+
+def worker_pids(g):
+    """{worker index: pid} of the latest start of each worker, from the JSON logs."""
+    return {l["worker"]: l["pid"] for l in g.log_lines() if l.get("msg") == "worker ready"}
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """Prometheus text -> {(name, ((label, value), ...)): float}; checks the line syntax."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            if line.startswith("# TYPE"):
+                assert len(line.split()) == 4, line
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        labels = tuple(sorted(_LABEL.findall(m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def sample(metrics, name, **labels):
+    """One value of parsed metrics (None when there is no such sample)."""
+    return metrics.get((name, tuple(sorted(labels.items()))))
+
+
+def metrics(g, headers=None, timeout=5):
+    """GET /metrics, parsed; it must answer 200 with the Prometheus text content type."""
+    r = g.admin("/metrics", headers=headers, timeout=timeout)
+    assert r.status == 200, r
+    assert r.headers["content-type"].startswith("text/plain"), r
+    return parse_metrics(r.body.decode())
+
+
+def metric(g, series, timeout=5):
+    """The value of one sample named as it is printed, e.g.
+    'breakwater_worker_restarts_total{reason="crash"}'; None when there is none or the admin API
+    does not answer (e.g. a reload is switching control processes)."""
+    try:
+        text = g.admin("/metrics", timeout=timeout).body.decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if not line.startswith("#") and line.rpartition(" ")[0] == series:
+            return float(line.rpartition(" ")[2])
+    return None
+
+
+def config_generation(g):
+    """breakwater_config_generation, or None while the admin API does not answer."""
+    return metric(g, "breakwater_config_generation")
+
+
+def events(g, kind=None, timeout=5):
+    """Every event so far (GET /api/v1/events, paged with next_since), only those of `kind` when
+    given; None while the event log is unavailable (the admin API does not answer or answers an
+    error, e.g. a reload's new control process still opening the database)."""
+    out, since = [], 0
+    while True:
+        try:
+            r = g.admin(f"/api/v1/events?since={since}&limit=1000", timeout=timeout)
+        except OSError:
+            return None
+        if r.status != 200:
+            return None
+        page = r.json()
+        out += page["events"]
+        if len(page["events"]) < 1000:
+            break
+        since = page["next_since"]
+    return [e for e in out if kind is None or e["kind"] == kind]
+
+
+def wait_events(g, kind, n=1, timeout=10, pred=lambda fields: True):
+    """Waits for at least n events of `kind` whose fields satisfy pred; returns them all."""
+    def found():
+        evs = [e for e in events(g, kind) or [] if pred(e["fields"])]
+        return evs if len(evs) >= n else None
+    return wait_for(found, timeout, f"{n} {kind} event(s)", interval=0.05)

@@ -38,8 +38,10 @@ How each checks its request (the way the provider does):
   opsgenie  Authorization: GenieKey --opsgenie-key (else 401); create needs message (<= 130);
             alerts tracked by alias (GET /_state).
   twilio    HTTP basic auth --twilio-sid:--twilio-token (else 401 code 20003); To must be E.164
-            (else 400 code 21211); the call is tracked with its TwiML and the <Gather action>
-            URL, so a test can "press 1" by requesting it.
+            (else 400 code 21211); Twiml must be a well-formed <Response> document of at most
+            4000 characters (else 400 code 21220); the call is tracked with its TwiML, what it
+            says and its <Gather> (action URL, method, numDigits), so a test can "press a key":
+            POST /_twilio/gather makes the fake request the Gather action as Twilio would.
 Each request is recorded (provider, method, path, query, headers, body, parsed json/form,
 "verified" = what was checked and passed, "answer" = status and body) as a JSON line in --log,
 *before* the answer is sent.
@@ -57,6 +59,14 @@ Control endpoints (not recorded):
                    twilio 429 code 20429; smtp 451)
        "reject"    smtp only: 550 for RCPT TO
      "count": N applies the mode to the next N requests only, then back to "ok".
+  POST /_twilio/gather {"call": INDEX|SID (default: the last call), "digits": "1",
+                        "method": "GET"|"POST" (default: the Gather's method, Twilio's default
+                        POST when it has none), "url": URL (default: the Gather's action)}
+       a key pressed during the call: the fake requests the action URL the way Twilio does
+       (GET: Digits and the call's parameters appended to the query; POST: the same as a
+       form body; both with X-Twilio-Signature) and answers {"method", "url", "status",
+       "content_type", "body", "twiml_ok" (the answer parsed as a <Response> document),
+       "say": [texts]}. The press is also recorded in the call's "presses".
   GET  /_health
 
 CLI: fake_providers.py [--log FILE] [--host 127.0.0.1] [--port 0] [--smtp-port 0]
@@ -79,9 +89,11 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BODY_MAX = 4 * 1024 * 1024
@@ -307,6 +319,69 @@ def opsgenie(st, e):
     return json_answer(404, {"message": "Not found"})
 
 
+def parse_twiml(text):
+    """The <Response> element of a TwiML document, or None when it is not one."""
+    try:
+        doc = ET.fromstring(text.encode() if isinstance(text, str) else text)
+    except ET.ParseError:
+        return None
+    return doc if doc.tag == "Response" else None
+
+
+def twilio_signature(token, url, params):
+    """X-Twilio-Signature: base64(HMAC-SHA1(auth token, URL + each POST parameter's name and
+    value, sorted by name)); for a GET the parameters are in the URL already."""
+    data = url + "".join(k + v for k, v in sorted(params.items()))
+    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def twilio_gather(st, obj):
+    """A key pressed on a call: requests the call's <Gather action> as Twilio does."""
+    a = st.args
+    with st.lock:
+        calls = list(st.calls)
+    which = obj.get("call", -1)
+    call = next((c for c in calls if c["sid"] == which), None) if isinstance(which, str) else (
+        calls[which] if calls and -len(calls) <= which < len(calls) else None)
+    if call is None:
+        return 404, {"error": "no such call"}
+    gather = call.get("gather") or {}
+    url = obj.get("url") or call.get("gather_action")
+    if not url:
+        return 409, {"error": "the call has no <Gather action>"}
+    method = (obj.get("method") or gather.get("method") or "POST").upper()
+    params = {"AccountSid": a.twilio_sid, "ApiVersion": "2010-04-01", "CallSid": call["sid"],
+              "CallStatus": "in-progress", "Called": call["to"], "Caller": call["from"] or "",
+              "Digits": str(obj.get("digits", "1")), "Direction": "outbound-api",
+              "FinishedOnKey": "", "From": call["from"] or "", "To": call["to"],
+              "msg": "Gather End"}
+    headers = {"User-Agent": "TwilioProxy/1.1", "Accept": "*/*"}
+    data = None
+    if method == "GET":
+        url = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
+        headers["X-Twilio-Signature"] = twilio_signature(a.twilio_token, url, {})
+    else:
+        data = urllib.parse.urlencode(params).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        headers["X-Twilio-Signature"] = twilio_signature(a.twilio_token, url, params)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status, ctype, body = r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as err:
+        status, ctype, body = err.code, err.headers.get("Content-Type", ""), err.read()
+    except OSError as err:
+        return 502, {"error": f"cannot reach the Gather action: {err}"}
+    doc = parse_twiml(body) if status == 200 else None
+    press = {"method": method, "url": url, "digits": params["Digits"], "status": status,
+             "content_type": ctype, "body": body.decode("utf-8", "replace"),
+             "twiml_ok": doc is not None and "xml" in ctype,
+             "say": [s.text or "" for s in doc.iter("Say")] if doc is not None else []}
+    with st.lock:
+        call.setdefault("presses", []).append(press)
+    return 200, press
+
+
 def twilio(st, e):
     a = st.args
     auth = e["headers"].get("authorization", "")
@@ -323,12 +398,16 @@ def twilio(st, e):
         return json_answer(400, {"code": 21211, "status": 400,
                                  "message": f"The 'To' number {to} is not a valid phone number.",
                                  "more_info": "https://www.twilio.com/docs/errors/21211"})
-    if not twiml.lstrip().startswith(("<?xml", "<Response")) or len(twiml) > 4000:
+    doc = parse_twiml(twiml)
+    if not twiml.lstrip().startswith(("<?xml", "<Response")) or len(twiml) > 4000 or doc is None:
         return json_answer(400, {"code": 21220, "status": 400, "message": "Invalid TwiML"})
-    gather = re.search(r'<Gather[^>]*action="([^"]*)"', twiml)
+    e["verified"].append("twiml")
+    gather = doc.find(".//Gather")
     sid = "CA" + uuid.uuid4().hex
     call = {"sid": sid, "to": to, "from": f.get("From"), "twiml": twiml,
-            "gather_action": gather.group(1).replace("&amp;", "&") if gather else None}
+            "gather_action": gather.get("action") if gather is not None else None,
+            "gather": dict(gather.attrib) if gather is not None else None,
+            "say": [s.text or "" for s in doc.iter("Say")], "presses": []}
     with st.lock:
         st.calls.append(call)
     return json_answer(201, {"sid": sid, "status": "queued", "to": to, "from": f.get("From"),
@@ -405,6 +484,8 @@ class Handler(BaseHTTPRequestHandler):
         if split.path == "/_clear":
             st.clear()
             return self.answer(*json_answer(200, {"ok": True}))
+        if split.path == "/_twilio/gather":
+            return self.answer(*json_answer(*twilio_gather(st, json.loads(body or "{}"))))
         provider = split.path.split("/")[1] if split.path.count("/") >= 1 else ""
         handler = PROVIDERS.get(provider)
         entry = {"provider": provider, "method": "POST", "path": split.path,
@@ -626,6 +707,15 @@ def self_test():
                                       "Twiml": twiml}, {"Authorization": basic}, form=True)[0],
           201)
     check("twilio gather", state.snapshot()["calls"][0]["gather_action"], "http://gw/ack/T")
+    check("twilio say", state.snapshot()["calls"][0]["say"], ["x"])
+    pressed = json.loads(post("/_twilio/gather", {"digits": "1", "method": "GET",
+                                                  "url": base + "/_health"})[1])
+    check("twilio press", (pressed["method"], pressed["status"], pressed["twiml_ok"],
+                           "Digits=1" in pressed["url"]), ("GET", 200, False, True))
+    check("twilio bad twiml", json.loads(post(calls, {"To": "+15550001111", "Twiml":
+                                                      "<Response><Say>x</Response>"},
+                                              {"Authorization": basic}, form=True)[1])["code"],
+          21220)
     check("twilio auth", json.loads(post(calls, {"To": "+15550001111"},
                                          {"Authorization": "Basic eA=="}, form=True)[1])["code"],
           20003)

@@ -1,20 +1,20 @@
 """The admin API (SPEC section 6) against a real gateway with two workers and real traffic.
 
 Covers /healthz and /readyz, the Prometheus text of /metrics (request counts summed over both
-workers, the latency histogram, upstream connection and buffer-pool counters), the
+workers, the latency histogram, upstream connection and buffer-pool counters, alerts firing and
+acknowledged by tier), the
 /api/v1/upstreams JSON and its counters against what the upstreams themselves saw, the Bearer
 token (401 + WWW-Authenticate without it, /healthz open, the token never logged), and the
 answers for unknown paths (404), wrong methods (405) and endpoints not built yet (501).
 """
 
+import json
 import os
-import re
 import signal
-import time
 
 import pytest
 
-from conftest import request
+from conftest import metrics, request, sample, wait_for, worker_pids
 
 N_REQUESTS = 24
 TOKEN = "bw-test-token-6c1f0e9a27d4"
@@ -28,29 +28,6 @@ def gateway(strict_gateway):
 
 # ---- helpers ----------------------------------------------------------------------------------
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text):
-    """Prometheus text -> {(name, ((label, value), ...)): float}; checks the line syntax."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            if line.startswith("# TYPE"):
-                assert len(line.split()) == 4, line
-            continue
-        m = _SAMPLE.match(line)
-        assert m, f"not a Prometheus sample line: {line!r}"
-        labels = tuple(sorted(_LABEL.findall(m.group(2) or "")))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
-def sample(metrics, name, **labels):
-    return metrics.get((name, tuple(sorted(labels.items()))))
-
-
 def upstream_entry(gw, name, headers=None):
     r = gw.admin("/api/v1/upstreams", headers=headers)
     assert r.status == 200, r
@@ -61,37 +38,10 @@ def upstream_entry(gw, name, headers=None):
     raise AssertionError(f"upstream {name!r} missing: {r.body!r}")
 
 
-def metrics(gw):
-    r = gw.admin("/metrics")
-    assert r.status == 200, r
-    assert r.headers["content-type"].startswith("text/plain"), r
-    return parse_metrics(r.body.decode())
-
-
 def counted(gw, n, route="users-api"):
     """The parsed metrics once breakwater_requests_total{route,code="200"} is n, else None."""
     m = metrics(gw)
     return m if sample(m, "breakwater_requests_total", route=route, code="200") == n else None
-
-
-def worker_pids(gw):
-    """PIDs of the running workers, by worker index, from their "worker ready" log lines."""
-    pids = {}
-    for line in gw.log_lines():
-        if line.get("msg") == "worker ready":
-            pids[line["worker"]] = line["pid"]
-    return [pids[i] for i in sorted(pids)]
-
-
-def wait_for(predicate, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_json_error(r, status, code=None):
@@ -229,6 +179,85 @@ def test_metrics_and_upstream_counters_match_traffic(traffic_gateway):
     assert idle_entry["counters"]["requests"] == 0
     assert sum(idle_entry["counters"]["outcomes"].values()) == 0
     assert idle.stats()["requests"] == 0
+
+
+# ---- alert metrics -----------------------------------------------------------------------------
+
+ALERTS_CONFIG = """
+upstreams:
+  u:
+    hosts: ["127.0.0.1:1"]
+routes:
+  - name: r
+    match:
+      path_prefix: /
+    upstream: u
+alerts:
+  channels:
+    log:
+      type: console
+  tiers:
+    P0:
+      channels: [log]
+    P1:
+      channels: [log]
+    P2:
+      channels: [log]
+"""
+
+TIERS = ("P0", "P1", "P2")
+
+
+def by_tier(m, name):
+    return {t: sample(m, name, tier=t) for t in TIERS}
+
+
+def post_json(g, path, obj):
+    return g.admin(path, method="POST", body=json.dumps(obj).encode(),
+                   headers={"Content-Type": "application/json"})
+
+
+def test_alerts_firing_counts_unacknowledged_alerts_by_tier(gateway):
+    """breakwater_alerts_firing{tier}: alerts firing and not acknowledged, every tier printed
+    (zeros too); acknowledged ones move to breakwater_alerts_acknowledged{tier}; resolved ones
+    leave both; a deduplicated raise is not counted twice."""
+    g = gateway(ALERTS_CONFIG)
+    m = metrics(g)
+    assert by_tier(m, "breakwater_alerts_firing") == {"P0": 0, "P1": 0, "P2": 0}, m
+    assert by_tier(m, "breakwater_alerts_acknowledged") == {"P0": 0, "P1": 0, "P2": 0}, m
+    text = g.admin("/metrics").body.decode()
+    for name in ("breakwater_alerts_firing", "breakwater_alerts_acknowledged"):
+        assert f"# HELP {name} " in text and f"# TYPE {name} gauge\n" in text, text
+
+    ids = {}
+    for tier, service in (("P0", "db"), ("P0", "cache"), ("P2", "cert")):
+        r = post_json(g, "/api/v1/alerts", {"summary": f"{service} is unwell", "tier": tier,
+                                            "labels": {"service": service}})
+        assert r.status == 201, r
+        assert r.json()["raised"] == 1, r
+        ids[service] = r.json()["ids"][0]
+    r = post_json(g, "/api/v1/alerts", {"summary": "db is unwell", "tier": "P0",
+                                        "labels": {"service": "db"}})
+    assert r.status == 201 and r.json()["updated"] == 1, r
+    m = metrics(g)
+    assert by_tier(m, "breakwater_alerts_firing") == {"P0": 2, "P1": 0, "P2": 1}, m
+    assert by_tier(m, "breakwater_alerts_acknowledged") == {"P0": 0, "P1": 0, "P2": 0}, m
+
+    r = post_json(g, f"/api/v1/alerts/{ids['db']}/ack", {})
+    assert r.status == 200 and r.json()["alert"]["status"] == "acknowledged", r
+    m = metrics(g)
+    assert by_tier(m, "breakwater_alerts_firing") == {"P0": 1, "P1": 0, "P2": 1}, m
+    assert by_tier(m, "breakwater_alerts_acknowledged") == {"P0": 1, "P1": 0, "P2": 0}, m
+
+    for service in ("db", "cert"):
+        r = post_json(g, f"/api/v1/alerts/{ids[service]}/resolve", {})
+        assert r.status == 200, r
+    m = metrics(g)
+    assert by_tier(m, "breakwater_alerts_firing") == {"P0": 1, "P1": 0, "P2": 0}, m
+    assert by_tier(m, "breakwater_alerts_acknowledged") == {"P0": 0, "P1": 0, "P2": 0}, m
+    # the firing counts agree with the alert list
+    listed = g.admin("/api/v1/alerts?status=firing").json()["alerts"]
+    assert [a["tier"] for a in listed] == ["P0"], listed
 
 
 # ---- token ------------------------------------------------------------------------------------

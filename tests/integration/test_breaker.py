@@ -23,7 +23,6 @@ import http.client
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -34,32 +33,16 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import (children, config_generation, events, free_port, metrics, sample, wait_events,
+                      wait_for, worker_pids)
 
 SVC = "svc"
 
 
 @pytest.fixture
-def gateway(gateway):
-    """conftest's `gateway` (a sanitizer report in the log fails the test), plus: a start that lost
-    the race for its free ports is retried, and each gateway must stop with exit status 0."""
-    started = []
-
-    def start(config, **kw):
-        for attempt in range(3):
-            try:
-                g = gateway(config, **kw)
-                break
-            except RuntimeError as e:
-                if "Address already in use" not in str(e) or attempt == 2:
-                    raise
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc} at teardown:\n{g.final_log[-4000:]}"
+def gateway(strict_gateway):
+    """Every gateway a test here starts must stop with exit 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -177,17 +160,6 @@ class Client:
             self.conn = None
 
 
-def wait_for(predicate, timeout, what, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def upstream_entry(g, name=SVC):
     r = g.admin("/api/v1/upstreams", timeout=5)
     assert r.status == 200, r
@@ -204,52 +176,6 @@ def breaker_state(g, name=SVC):
 def drain(g):
     """GET /metrics makes the owner drain every pending outcome record first."""
     assert g.admin("/metrics", timeout=5).status == 200
-
-
-def events(g, kind=None):
-    out, since = [], 0
-    while True:
-        try:
-            r = g.admin(f"/api/v1/events?since={since}&limit=1000", timeout=5)
-        except OSError:
-            return []
-        if r.status != 200:
-            return []
-        page = r.json()
-        out += page["events"]
-        if len(page["events"]) < 1000:
-            break
-        since = page["next_since"]
-    return [e for e in out if kind is None or e["kind"] == kind]
-
-
-def wait_events(g, kind, n=1, timeout=10, pred=lambda f: True):
-    """Waits for at least n events of `kind` whose fields satisfy pred; returns them all."""
-    def found():
-        evs = [e for e in events(g, kind) if pred(e["fields"])]
-        return evs if len(evs) >= n else None
-    return wait_for(found, timeout, f"{n} {kind} event(s)", interval=0.05)
-
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def metrics(g):
-    r = g.admin("/metrics", timeout=5)
-    assert r.status == 200, r
-    out = {}
-    for line in r.body.decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        assert m, line
-        out[(m.group(1), tuple(sorted(_LABEL.findall(m.group(2) or ""))))] = float(m.group(3))
-    return out
-
-
-def sample(m, name, **labels):
-    return m.get((name, tuple(sorted(labels.items()))))
 
 
 def breaker_state_metric(g, name=SVC):
@@ -297,21 +223,6 @@ def wait_open(g, timeout=5, name=SVC):
     *which* call tripped it waits for the state instead of racing the next request."""
     return wait_for(lambda: breaker_state(g, name)["state"] == "open" and breaker_state(g, name),
                     timeout, "the breaker to open", interval=0.005)
-
-
-def worker_pids(g):
-    """{worker index: pid} of the latest start of each worker, from the JSON logs."""
-    return {l["worker"]: l["pid"] for l in g.log_lines() if l.get("msg") == "worker ready"}
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return {int(x) for x in f.read().split()}
-    except OSError:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                             text=True, timeout=10).stdout
-        return {int(x) for x in out.split()}
 
 
 def _socket_inode(server_port, client_port):
@@ -876,15 +787,6 @@ def write_config(g, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, g.config_path)
-
-
-def config_generation(g):
-    """None while the admin API is switching control processes (an admin request caught in the
-    switch may be reset: seen with the ASan build)."""
-    try:
-        return metrics(g).get(("breakwater_config_generation", ()))
-    except OSError:
-        return None
 
 
 def reload_and_wait(g):

@@ -20,32 +20,15 @@ import time
 
 import pytest
 
-from conftest import BINARY, SANITIZER_MARKS, Gateway, free_port, request
+from conftest import (SANITIZER_MARKS, Gateway, children, config_generation, events, free_port,
+                      metric, request, wait_events, wait_for)
 from loadclient import LoadClient
 
 
 @pytest.fixture
-def gateway(gateway):
-    """conftest's `gateway` (which fails the test on a sanitizer report in the log), plus: a start
-    that lost the race for its free ports is retried, and at teardown each gateway must stop with
-    exit status 0."""
-    started = []
-
-    def start(config, **kw):
-        for attempt in range(3):
-            try:
-                g = gateway(config, **kw)
-                break
-            except RuntimeError as e:
-                if "Address already in use" not in str(e) or attempt == 2:
-                    raise
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc} at teardown:\n{g.final_log[-4000:]}"
+def gateway(strict_gateway):
+    """Every gateway a test here starts must stop with exit 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -88,66 +71,6 @@ def write_config(g, text):
 
 def add_v2_route(g):
     write_config(g, read_config(g).replace("routes:\n", "routes:\n" + V2_ROUTE, 1))
-
-
-def wait_for(predicate, timeout, what, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return {int(x) for x in f.read().split()}
-    except OSError:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                             text=True, timeout=10).stdout
-        return {int(x) for x in out.split()}
-
-
-def metric(g, name):
-    try:
-        text = g.admin("/metrics", timeout=3).body.decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if not line.startswith("#") and line.rpartition(" ")[0] == name:
-            return float(line.rpartition(" ")[2])
-    return None
-
-
-def generation(g):
-    return metric(g, "breakwater_config_generation")
-
-
-def events(g, kind=None):
-    """Every event so far, or None while the event log is unavailable (e.g. the new control
-    process of a reload waiting for the database)."""
-    out, since = [], 0
-    while True:
-        try:
-            r = g.admin(f"/api/v1/events?since={since}&limit=1000", timeout=3)
-        except OSError:
-            return None
-        if r.status != 200:
-            return None
-        page = r.json()
-        out += page["events"]
-        if len(page["events"]) < 1000:
-            break
-        since = page["next_since"]
-    return [e for e in out if kind is None or e["kind"] == kind]
-
-
-def wait_events(g, kind, n=1, timeout=10):
-    return wait_for(lambda: len(events(g, kind) or []) >= n and events(g, kind), timeout,
-                    f"{n} {kind} event(s)")
 
 
 def wait_drained(g, old_children, count=3, timeout=15):
@@ -245,7 +168,7 @@ routes:
     (s,) = slow.entries()
     assert s.ok and s.upstream == "c" and s.start < t_hup < s.end, s
     assert ev["fields"]["generation"] == 2 and ev["fields"]["config"] == g.config_path, ev
-    assert generation(g) == 2
+    assert config_generation(g) == 2
     assert not events(g, "reload_failed")
     assert g.get("/v2/y").headers["x-upstream"] == "b"
     assert g.get("/v3").headers["x-upstream"] == "a"
@@ -265,7 +188,7 @@ def test_post_reload_applies_the_new_config_and_reports_the_generation(gateway, 
     body = r.json()
     assert body["status"] == "reloaded" and body["generation"] == 2, body
     assert g.get("/v2/x").headers["x-upstream"] == "b"
-    assert generation(g) == 2
+    assert config_generation(g) == 2
     ev = wait_events(g, "reload")[0]
     assert ev["fields"]["generation"] == 2, ev
 
@@ -291,7 +214,7 @@ def test_post_reload_with_a_bad_config_is_422_with_located_errors_and_keeps_the_
     assert any(f"{g.config_path}:{line}:1:" in e for e in body["errors"]), body["errors"]
     # the old config keeps serving
     assert g.get("/v2/x").headers["x-upstream"] == "a"
-    assert generation(g) == 1
+    assert config_generation(g) == 1
     ev = wait_events(g, "reload_failed")[0]
     assert_located(ev["fields"]["errors"], g.config_path, "no_such_key")
     assert not events(g, "reload")
@@ -323,14 +246,14 @@ def test_sighup_with_a_bad_config_keeps_the_old_one_and_records_reload_failed(
     assert all(e.upstream == "a" for e in lc.entries()), "the bad config's route went live"
     assert_located(ev["fields"]["errors"], g.config_path, "no_such_key", "shutdown_timeout")
     assert len(ev["fields"]["errors"]) >= 2, ev
-    assert generation(g) == 1
+    assert config_generation(g) == 1
     assert children(g.proc.pid) == pids, "processes were replaced for a refused reload"
     refused = [l for l in g.log_lines() if l.get("level") == "error" and "reload" in l["msg"]]
     assert refused and "no_such_key" in json.dumps(refused), "the refusal was not logged"
     # fixed file: SIGHUP now applies it
     write_config(g, good.replace("routes:\n", "routes:\n" + V2_ROUTE, 1))
     g.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: generation(g) == 2, 10, "generation 2")
+    wait_for(lambda: config_generation(g) == 2, 10, "generation 2")
     assert g.get("/v2/x").headers["x-upstream"] == "b"
 
 
@@ -373,7 +296,7 @@ def test_sighup_refuses_to_change_state_dir_or_admin_listen(gateway, upstreams, 
         message = f"changing {key} needs a restart"
         assert ev["fields"]["reason"] == message and message in ev["fields"]["errors"], ev
         assert g.get("/v2/x").headers["x-upstream"] == "a", key
-        assert generation(g) == 1
+        assert config_generation(g) == 1
         logged = [l for l in g.log_lines() if l.get("msg", "").startswith("reload refused")]
         assert len(logged) == n and logged[-1]["reason"] == message, logged
     assert not events(g, "reload")
@@ -409,7 +332,7 @@ def test_post_reload_refuses_to_change_state_dir_or_admin_listen(upstreams, tmp_
             assert body["error"] == "reload_failed", body
             assert f"changing {key} needs a restart" in body["errors"], body
             assert g.get("/v2/x").headers["x-upstream"] == "a", key
-            assert generation(g) == 1
+            assert config_generation(g) == 1
         # the control process that answered is still the one that started
         time.sleep(0.2)
         assert [l["pid"] for l in g.log_lines() if l.get("msg") == "admin API ready"] == control
@@ -488,7 +411,7 @@ def test_admin_api_requests_survive_reloads(gateway, upstreams):
             wait_for(lambda: len(admin.ok_after(t)) > 20, 10, "admin answers after the reload")
     failures = admin.failures()
     print(f"\nadmin API across 5 reloads: {admin.summary()}")
-    assert generation(g) == 6
+    assert config_generation(g) == 6
     assert not failures, failures[:5]
 
 
@@ -533,7 +456,7 @@ def test_three_sighups_under_wrk_load_fail_no_request(gateway, upstreams, tmp_pa
             old = children(g.proc.pid)
             t = time.monotonic()
             g.proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: generation(g) == k + 2, 10, f"generation {k + 2}")
+            wait_for(lambda: config_generation(g) == k + 2, 10, f"generation {k + 2}")
             reload_ms.append(round((time.monotonic() - t) * 1000))
             wait_drained(g, old)
         assert time.monotonic() < t0 + duration, "the reloads did not fit in the wrk run"
@@ -553,7 +476,7 @@ def test_three_sighups_under_wrk_load_fail_no_request(gateway, upstreams, tmp_pa
     assert res["requests"] > 0, out
     assert res["non2xx"] == 0 and res["status"] == 0, out
     assert (res["connect"], res["read"], res["write"], res["timeout"]) == (0, 0, 0, 0), out
-    assert generation(g) == 4
+    assert config_generation(g) == 4
     assert len(wait_events(g, "reload", 3)) == 3
     assert not events(g, "reload_failed")
 
@@ -595,5 +518,5 @@ def test_a_crash_after_a_reload_is_recorded_against_the_new_config(gateway, upst
     assert ev["fields"]["signal"] == 11 and ev["fields"]["backtrace"], ev
     wait_for(lambda: request(g.admin_port, path="/readyz").status == 200, 10, "/readyz 200")
     assert g.get("/v2/x").headers["x-upstream"] == "b"  # the replacement runs the new config
-    assert generation(g) == 2
+    assert config_generation(g) == 2
     assert metric(g, 'breakwater_worker_restarts_total{reason="crash"}') == 1

@@ -17,39 +17,20 @@ the assertions use generous bounds because this runs on a small, noisy machine.
 import http.client
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from conftest import request
+from conftest import children, events, metric, request, wait_events, wait_for, worker_pids
 from loadclient import BROKEN_PIPE, DISCONNECTED, INCOMPLETE, RESET, LoadClient
 
 LOST = (RESET, DISCONNECTED, BROKEN_PIPE, INCOMPLETE)  # how a request dies with its worker
 
 
 @pytest.fixture
-def gateway(gateway):
-    """conftest's `gateway` (which fails the test on a sanitizer report in the log), plus: a start
-    that lost the race for its free ports is retried, and at teardown each gateway must stop with
-    exit status 0."""
-    started = []
-
-    def start(config, **kw):
-        for attempt in range(3):
-            try:
-                g = gateway(config, **kw)
-                break
-            except RuntimeError as e:
-                if "Address already in use" not in str(e) or attempt == 2:
-                    raise
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc} at teardown:\n{g.final_log[-4000:]}"
+def gateway(strict_gateway):
+    """Every gateway a test here starts must stop with exit 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -74,67 +55,12 @@ routes:
 """
 
 
-def wait_for(predicate, timeout, what, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return {int(x) for x in f.read().split()}
-    except OSError:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                             text=True, timeout=10).stdout
-        return {int(x) for x in out.split()}
-
-
-def worker_pids(g):
-    """{worker index: pid} of the latest start of each worker, from the JSON logs."""
-    return {l["worker"]: l["pid"] for l in g.log_lines() if l.get("msg") == "worker ready"}
-
-
 def readyz(g):
     try:
         r = request(g.admin_port, path="/readyz", timeout=2)
     except OSError:
         return None
     return r.json() if r.status == 200 else None
-
-
-def metric(g, name):
-    """The value of one sample, e.g. 'breakwater_worker_restarts_total{reason="crash"}'."""
-    for line in g.admin("/metrics").body.decode().splitlines():
-        if not line.startswith("#") and line.rpartition(" ")[0] == name:
-            return float(line.rpartition(" ")[2])
-    return None
-
-
-def events(g, kind=None):
-    """Every event so far (paged with next_since), or None while the event log is unavailable."""
-    out, since = [], 0
-    while True:
-        r = g.admin(f"/api/v1/events?since={since}&limit=1000")
-        if r.status != 200:
-            return None
-        page = r.json()
-        out += page["events"]
-        if len(page["events"]) < 1000:
-            break
-        since = page["next_since"]
-    return [e for e in out if kind is None or e["kind"] == kind]
-
-
-def wait_event(g, kind, timeout=10, pred=lambda e: True):
-    found = wait_for(lambda: [e for e in events(g, kind) or [] if pred(e)], timeout,
-                     f"a {kind} event")
-    return found[0]
 
 
 class OneConnection:
@@ -236,7 +162,7 @@ def test_crash_fault_under_load_replaces_the_worker_and_records_the_crash(gatewa
         result, t_dead = crasher.send("/boom", {"X-Breakwater-Fault": "crash",
                                                 "X-Request-Id": rid})
         assert isinstance(result, Exception), f"the crashing request was answered: {result}"
-        ev = wait_event(g, "worker_crash")
+        ev = wait_events(g, "worker_crash")[0]
         victim_pid = ev["fields"]["pid"]
         t_ready, new_pids = wait_replacement(g, victim_pid)
         # keep the load going until the replacement has answered some of it
@@ -288,7 +214,7 @@ def test_kill_9_of_a_worker_under_load_is_replaced_with_a_signal_9_event(gateway
         os.kill(victim_pid, signal.SIGKILL)
         t_kill = time.monotonic()
         t_ready, new_pids = wait_replacement(g, victim_pid)
-        ev = wait_event(g, "worker_crash")
+        ev = wait_events(g, "worker_crash")[0]
         wait_for(lambda: first_answer_from_new_worker(lc, tags_before, t_kill), 10,
                  "an answer from the replacement worker")
         time.sleep(0.3)
@@ -335,7 +261,7 @@ def test_stalled_worker_is_killed_after_stall_after_and_the_other_keeps_serving(
                                                  "X-Request-Id": "stall-test-1"})
         stalled_for = t_dead - t_sent
         assert isinstance(result, Exception), f"the stalled request was answered: {result}"
-        ev = wait_event(g, "worker_stall")
+        ev = wait_events(g, "worker_stall")[0]
         victim_pid = ev["fields"]["pid"]
         t_ready, _ = wait_replacement(g, victim_pid)
         time.sleep(0.3)
@@ -417,7 +343,7 @@ def test_crash_loop_backs_off_raises_crash_loop_and_the_other_worker_keeps_servi
         not_ready = wait_for(one_ready, 0.4, "one of two workers ready", interval=0.005)
         t_back = wait_for(lambda: readyz(g) and time.monotonic(), 15,
                           "the delayed worker to come back", interval=0.005)
-        ev = wait_event(g, "crash_loop")
+        ev = wait_events(g, "crash_loop")[0]
         gauge = metric(g, "breakwater_crash_loop")
         time.sleep(0.3)
     summary = lc.summary()
@@ -460,7 +386,7 @@ def test_crash_loop_never_leaves_the_gateway_without_a_worker(gateway, upstreams
         wait_both_workers_seen(lc)
         t0 = time.monotonic()
         times = crash_n(g, 9)
-        wait_event(g, "crash_loop")
+        wait_events(g, "crash_loop")[0]
         t_end = times[-1] + 2.0
         while time.monotonic() < t_end:
             time.sleep(0.05)

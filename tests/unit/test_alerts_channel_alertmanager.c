@@ -51,8 +51,7 @@ static void firing_is_a_version_4_body(void **state)
     assert_string_equal(fx_str(a, "startsAt"), "2026-01-01T00:00:00Z");
     assert_string_equal(fx_str(a, "endsAt"), "0001-01-01T00:00:00Z");
     assert_string_equal(fx_str(a, "fingerprint"), FINGERPRINT);
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_has_an_end_time_and_keeps_the_fingerprint(void **state)
@@ -61,16 +60,13 @@ static void resolved_has_an_end_time_and_keeps_the_fingerprint(void **state)
     json_t *j;
 
     fx_install_ack_secret();
-    fx_init(&f, &cfg, FX_RESOLVED, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_alertmanager, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_alertmanager, &cfg, FX_RESOLVED, GW_TIER_P0, true);
     assert_string_equal(fx_str(j, "status"), "resolved");
     assert_string_equal(fx_str(j, "alerts.0.status"), "resolved");
     assert_string_equal(fx_str(j, "alerts.0.endsAt"), "2026-01-01T00:00:00Z"); /* now (T0) */
     assert_string_equal(fx_str(j, "alerts.0.fingerprint"), FINGERPRINT);
     assert_null(fx_at(j, "alerts.0.annotations.ack_url"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void acknowledged_is_still_firing_for_alertmanager(void **state)
@@ -78,13 +74,10 @@ static void acknowledged_is_still_firing_for_alertmanager(void **state)
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &cfg, FX_ACKED, GW_TIER_P0, false);
-    assert_int_equal(fx_build(&f, &al_channel_alertmanager, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_alertmanager, &cfg, FX_ACKED, GW_TIER_P0, false);
     assert_string_equal(fx_str(j, "status"), "firing"); /* Alertmanager has no ack state */
     assert_string_equal(fx_str(j, "alerts.0.endsAt"), "0001-01-01T00:00:00Z");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void group_has_common_labels_and_every_alert(void **state)
@@ -92,9 +85,7 @@ static void group_has_common_labels_and_every_alert(void **state)
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &cfg, FX_GROUP, GW_TIER_P1, false);
-    assert_int_equal(fx_build(&f, &al_channel_alertmanager, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_alertmanager, &cfg, FX_GROUP, GW_TIER_P1, false);
     assert_int_equal(json_array_size(fx_at(j, "alerts")), 2);
     assert_string_equal(fx_str(j, "groupKey"), "breakwater:P1:group:" DID);
     assert_string_equal(fx_str(j, "commonLabels.upstream"), "users");
@@ -104,8 +95,7 @@ static void group_has_common_labels_and_every_alert(void **state)
     assert_int_equal(json_object_size(fx_at(j, "commonAnnotations")), 0);
     assert_string_equal(fx_str(j, "alerts.1.labels.host"), "10.0.0.1:80");
     assert_string_equal(fx_str(j, "alerts.1.labels.alertname"), "host_down");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void an_alerts_own_labels_win_and_severity_follows_the_tier(void **state)
@@ -123,15 +113,12 @@ static void an_alerts_own_labels_win_and_severity_follows_the_tier(void **state)
                                         "\"event\":\"external\",\"summary\":\"s\",\"labels\":{"
                                         "\"alertname\":\"DiskFull\",\"team\":\"db\"}}"),
                              tiers[i]) > 0);
-        fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-        assert_int_equal(fx_build(&f, &al_channel_alertmanager, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_alertmanager, &cfg, payload, GW_TIER_P1, false);
         assert_string_equal(fx_str(j, "alerts.0.labels.alertname"), "DiskFull");
         assert_string_equal(fx_str(j, "alerts.0.labels.team"), "db");
         assert_string_equal(fx_str(j, "alerts.0.labels.severity"), want[i]);
         assert_string_equal(fx_str(j, "alerts.0.labels.tier"), tiers[i]);
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
         free(payload);
     }
 }

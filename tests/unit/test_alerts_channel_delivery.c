@@ -11,35 +11,9 @@
  *
  * Each test ends by closing the sender and asserting uv_loop_close() == 0 (sender_stop).
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
-#include <poll.h>
-#include <setjmp.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <cmocka.h>
-#include <curl/curl.h>
-#include <jansson.h>
-#include <sqlite3.h>
-#include <uv.h>
-
 #include "acklink.h"
-#include "alerts.h"
-#include "config.h"
-#include "db.h"
-#include "sender.h"
+#include "test_alerts_live_fixture.h"
 
-#define PYTHON "/usr/bin/python3"
 #define RKEY "R0UT1NGK3Y0123456789abcdef012345"
 #define SID "AC0123456789abcdef0123456789abcdef"
 #define CHANNELS "[chat, ding, fs, wc, teams, pager, genie, phone, mail, am]"
@@ -52,22 +26,9 @@ typedef struct fake {
     int port, smtp_port;
 } fake_t;
 
-static void script_path(char *out, size_t len)
-{
-    const char *slash;
-
-    snprintf(out, len, "%s", __FILE__);
-    slash = strrchr(out, '/');
-    assert_non_null(slash);
-    out[slash - out] = '\0';
-    slash = strrchr(out, '/');
-    assert_non_null(slash);
-    snprintf(out + (slash - out), len - (size_t)(slash - out), "/integration/fake_providers.py");
-}
-
 static void fake_start(fake_t *p)
 {
-    char path[512], out[128] = "";
+    char path[512], out[128];
     const char *argv[] = {"python3",
                           path,
                           "--dingtalk-secret",
@@ -87,79 +48,22 @@ static void fake_start(fake_t *p)
                           "--twilio-token",
                           "tw1l10",
                           NULL};
-    int fds[2];
-    struct pollfd pfd;
-    size_t len = 0;
 
-    script_path(path, sizeof(path));
-    assert_int_equal(pipe(fds), 0);
-    p->pid = fork();
-    assert_true(p->pid >= 0);
-    if (p->pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        execv(PYTHON, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    pfd = (struct pollfd){.fd = fds[0], .events = POLLIN};
-    /* two lines: "PORT n" and "SMTP m" */
-    while (len + 1 < sizeof(out) &&
-           (strstr(out, "SMTP") == NULL || strchr(strstr(out, "SMTP"), '\n') == NULL) &&
-           poll(&pfd, 1, 10000) == 1) {
-        ssize_t got = read(fds[0], out + len, sizeof(out) - 1 - len);
-        if (got <= 0)
-            break;
-        len += (size_t)got;
-        out[len] = '\0';
-    }
-    close(fds[0]);
+    live_script_path(path, sizeof(path), "fake_providers.py");
+    p->pid = live_python_start(argv, out, sizeof(out), 2); /* "PORT n" and "SMTP m" */
     if (sscanf(out, "PORT %d\nSMTP %d", &p->port, &p->smtp_port) != 2)
         fail_msg("fake providers did not start: '%s'", out);
 }
 
 static void fake_stop(fake_t *p)
 {
-    int st;
-
-    if (p->pid <= 0)
-        return;
-    kill(p->pid, SIGTERM);
-    waitpid(p->pid, &st, 0);
-    p->pid = 0;
-}
-
-static size_t collect(char *data, size_t size, size_t n, void *userp)
-{
-    fwrite(data, size, n, userp);
-    return size * n;
+    live_child_stop(&p->pid);
 }
 
 /* A blocking request to the fake's control endpoints (the loop is not running). */
 static json_t *fake_call(const fake_t *p, const char *path, const char *post)
 {
-    char url[160], *text = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&text, &len);
-    CURL *c = curl_easy_init();
-    json_t *j;
-
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", p->port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, mem);
-    if (post != NULL)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_cleanup(c);
-    fclose(mem);
-    j = json_loads(text, 0, NULL);
-    free(text);
-    assert_non_null(j);
-    return j;
+    return live_control(p->port, path, post);
 }
 
 /* The recorded requests of provider p (a new array). */
@@ -205,38 +109,8 @@ typedef struct fx {
     al_sender_t *s;
     al_sender_options_t sopt;
     json_t *logs;
-    bool closed;
-    uint64_t deadline;
     bool (*until)(struct fx *f);
-    bool met;
 } fx_t;
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t counter_random(void *ctx)
-{
-    return (*(uint64_t *)ctx)++;
-}
-
-static void capture_log(void *ctx, int level, const char *msg, json_t *fields)
-{
-    fx_t *f = ctx;
-    json_t *o = json_pack("{s:i, s:s}", "level", level, "msg", msg);
-
-    json_object_update(o, fields);
-    json_array_append_new(f->logs, o);
-}
-
-static void on_closed(void *ctx)
-{
-    ((fx_t *)ctx)->closed = true;
-}
 
 /* The config: every provider channel on every tier, pointing at the fake, with the secrets
  * given (the fake knows the right ones). */
@@ -284,33 +158,21 @@ static fx_t *fx_new(const char *ding_secret, const char *feishu_secret)
 {
     fx_t *f = calloc(1, sizeof(*f));
     uint8_t secret[AL_ACK_SECRET_LEN];
-    char *yaml, err[256];
-    gw_diag_t d;
-    int r;
 
     assert_non_null(f);
     snprintf(f->dir, sizeof(f->dir), "/tmp/bw_test_channels.XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     fake_start(&f->fake);
-    yaml = config_yaml(f, ding_secret, feishu_secret);
-    gw_diag_init(&d);
-    r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &f->cfg, &d);
-    for (size_t i = 0; i < d.n; i++)
-        print_message("config: %s\n", d.items[i]);
-    gw_diag_dispose(&d);
-    free(yaml);
-    assert_int_equal(r, 0);
+    f->cfg = live_config(config_yaml(f, ding_secret, feishu_secret));
     memset(secret, 0x5a, sizeof(secret));
     al_ack_set_secret(secret); /* ack links in the messages */
-    f->eopt.random = counter_random;
+    f->eopt.random = live_counter_random;
     f->eopt.random_ctx = &f->rng;
     f->eopt.source = "breakwater@test";
-    assert_int_equal(al_db_open(f->dir, &f->db, err, sizeof(err)), 0);
-    assert_int_equal(al_engine_new(f->db, &f->cfg->alerts, &f->eopt, &f->e), 0);
-    assert_int_equal(al_engine_start(f->e, wall_ms()), 0);
+    live_engine_open(f->dir, f->cfg, &f->eopt, &f->db, &f->e);
     f->logs = json_array();
-    f->sopt.log = capture_log;
-    f->sopt.log_ctx = f;
+    f->sopt.log = live_capture_log;
+    f->sopt.log_ctx = f->logs;
     f->sopt.request_timeout_ms = 3000;
     assert_int_equal(uv_loop_init(&f->loop), 0);
     f->s = al_sender_new_with(&f->loop, f->e, &f->cfg->alerts, "breakwater@test", &f->sopt);
@@ -318,100 +180,40 @@ static fx_t *fx_new(const char *ding_secret, const char *feishu_secret)
     return f;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
-
 static int teardown(void **state)
 {
     fx_t *f = *state;
 
-    al_sender_close(f->s, on_closed, f);
-    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
-    assert_true(f->closed);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
+    live_sender_close(f->s, &f->loop);
     fake_stop(&f->fake);
-    al_engine_free(f->e);
-    al_db_close(f->db);
+    live_engine_close(&f->db, &f->e);
     gw_config_free(f->cfg);
     json_decref(f->logs);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    live_rmtree(f->dir);
     free(f);
     return 0;
 }
 
-static void on_check(uv_timer_t *t)
+static bool check(void *ctx)
 {
-    fx_t *f = t->data;
+    fx_t *f = ctx;
 
-    if (f->until(f)) {
-        f->met = true;
-        uv_stop(&f->loop);
-    } else if (wall_ms() >= f->deadline) {
-        uv_stop(&f->loop);
-    }
+    return f->until(f);
 }
 
 static bool run_until(fx_t *f, bool (*until)(fx_t *f), uint64_t timeout_ms)
 {
-    uv_timer_t check;
-
     f->until = until;
-    f->met = false;
-    f->deadline = wall_ms() + timeout_ms;
-    uv_timer_init(&f->loop, &check);
-    check.data = f;
-    uv_timer_start(&check, on_check, 10, 10);
-    uv_run(&f->loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&check, NULL);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    return f->met;
-}
-
-static int64_t q_int(fx_t *f, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql;
-    va_list ap;
-    int64_t v = -1;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
-}
-
-static char *q_text(fx_t *f, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql, *v;
-    va_list ap;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
-    v = strdup(sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL
-                   ? (const char *)sqlite3_column_text(st, 0)
-                   : "");
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
+    return live_run_until(&f->loop, check, f, timeout_ms);
 }
 
 /* status of channel's delivery of kind */
 static void assert_status(fx_t *f, const char *channel, const char *kind, const char *want)
 {
-    char *got = q_text(f,
-                       "SELECT status || ' ' || coalesce(last_error, '') FROM deliveries "
-                       "WHERE channel = %Q AND kind = %Q",
-                       channel, kind);
+    char *got = live_q_text(f->db,
+                            "SELECT status || ' ' || coalesce(last_error, '') FROM deliveries "
+                            "WHERE channel = %Q AND kind = %Q",
+                            channel, kind);
 
     if (strncmp(got, want, strlen(want)) != 0)
         fail_msg("%s %s: got '%s', want '%s'", channel, kind, got, want);
@@ -420,29 +222,31 @@ static void assert_status(fx_t *f, const char *channel, const char *kind, const 
 
 static bool all_finished(fx_t *f)
 {
-    return q_int(f, "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
+    return live_q_int(f->db,
+                      "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
                0 &&
-           q_int(f, "SELECT count(*) FROM deliveries") > 0;
+           live_q_int(f->db, "SELECT count(*) FROM deliveries") > 0;
 }
 
 static bool resolved_finished(fx_t *f)
 {
     return all_finished(f) &&
-           q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'") == 10;
+           live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'") == 10;
 }
 
 static bool throttles_seen(fx_t *f)
 {
-    return q_int(f, "SELECT count(*) FROM deliveries WHERE channel = 'mail' AND status = "
-                    "'sent'") == 1 &&
-           q_int(f, "SELECT count(*) FROM deliveries WHERE channel = 'ding' AND attempts >= 1 "
-                    "AND status = 'pending'") == 1 &&
-           q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 8;
+    return live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE channel = 'mail' AND status = "
+                             "'sent'") == 1 &&
+           live_q_int(f->db,
+                      "SELECT count(*) FROM deliveries WHERE channel = 'ding' AND attempts >= 1 "
+                      "AND status = 'pending'") == 1 &&
+           live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 8;
 }
 
 static void raise_event(fx_t *f, const char *kind)
 {
-    assert_int_equal(al_engine_event(f->e, kind, -1, BREAKER, wall_ms()), 0);
+    assert_int_equal(al_engine_event(f->e, kind, -1, BREAKER, live_wall_ms()), 0);
     al_sender_kick(f->s);
 }
 
@@ -465,8 +269,8 @@ static void fake_providers_pass_their_own_self_test(void **state)
 {
     char path[512], cmd[600];
 
-    script_path(path, sizeof(path));
-    snprintf(cmd, sizeof(cmd), PYTHON " %s --self-test", path);
+    live_script_path(path, sizeof(path), "fake_providers.py");
+    snprintf(cmd, sizeof(cmd), LIVE_PYTHON " %s --self-test", path);
     assert_int_equal(system(cmd), 0);
 }
 
@@ -560,7 +364,7 @@ static void bad_signatures_and_smtp_refusals_fail_their_channel(void **state)
     assert_status(f, "mail", "firing", "failed SMTP 550");
     assert_status(f, "chat", "firing", "sent");
     assert_status(f, "pager", "firing", "sent");
-    err = q_text(f, "SELECT group_concat(last_error) FROM deliveries");
+    err = live_q_text(f->db, "SELECT group_concat(last_error) FROM deliveries");
     assert_null(strstr(err, "not-the-secret")); /* secrets never in error texts */
     free(err);
     assert_no_secret_logged(f);
@@ -587,10 +391,11 @@ static void provider_throttles_are_retried_after_their_wait(void **state)
 
     raise_event(f, "breaker_open");
     assert_true(run_until(f, throttles_seen, 15000));
-    now = wall_ms();
-    next = q_int(f, "SELECT next_attempt_at FROM deliveries WHERE channel = 'ding'");
+    now = live_wall_ms();
+    next = live_q_int(f->db, "SELECT next_attempt_at FROM deliveries WHERE channel = 'ding'");
     assert_true(next >= (int64_t)now + 9 * 60 * 1000);
-    assert_int_equal(q_int(f, "SELECT attempts FROM deliveries WHERE channel = 'mail'"), 2);
+    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries WHERE channel = 'mail'"),
+                     2);
 }
 
 int main(void)

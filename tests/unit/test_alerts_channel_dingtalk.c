@@ -46,8 +46,7 @@ static void firing_is_a_markdown_message_with_the_alert_facts(void **state)
     assert_null(strstr(text, "Acknowledge"));                                /* no external_url */
     assert_int_equal(json_array_size(fx_at(j, "at.atMobiles")), 0);
     assert_true(json_is_false(fx_at(j, "at.isAtAll")));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void firing_carries_a_verifiable_ack_link(void **state)
@@ -58,17 +57,14 @@ static void firing_carries_a_verifiable_ack_link(void **state)
     char buf[512];
 
     fx_install_ack_secret();
-    fx_init(&f, &plain_cfg, FX_FIRING, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_dingtalk, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_dingtalk, &plain_cfg, FX_FIRING, GW_TIER_P0, true);
     text = fx_str(j, "markdown.text");
     link = strstr(text, "[Acknowledge](");
     assert_non_null(link);
     snprintf(buf, sizeof(buf), "%s", link + strlen("[Acknowledge]("));
     *strchr(buf, ')') = '\0';
     assert_true(fx_ack_link_ok(buf, 42));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_and_acknowledged_say_so_without_ack_link(void **state)
@@ -81,13 +77,10 @@ static void resolved_and_acknowledged_say_so_without_ack_link(void **state)
     for (size_t i = 0; i < 2; i++) {
         fx_t f;
         json_t *j;
-        fx_init(&f, &plain_cfg, payloads[i], GW_TIER_P0, true);
-        assert_int_equal(fx_build(&f, &al_channel_dingtalk, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_dingtalk, &plain_cfg, payloads[i], GW_TIER_P0, true);
         assert_string_equal(fx_str(j, "markdown.title"), titles[i]);
         assert_null(strstr(fx_str(j, "markdown.text"), "Acknowledge"));
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
     }
 }
 
@@ -106,8 +99,7 @@ static void group_is_one_message_with_every_alert(void **state)
     assert_non_null(strstr(text, FX_SUMMARY));
     assert_non_null(strstr(text, "Host 10.0.0.1:80 of upstream 'users' is down"));
     assert_non_null(strstr(text, "host=10.0.0.1:80, upstream=users")); /* labels sorted */
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 /* DingTalk's documented signature, computed independently (see SIGN above). */
@@ -140,15 +132,12 @@ static void mentions_go_to_at_mobiles_and_the_text(void **state)
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &mention_cfg, FX_FIRING, GW_TIER_P0, false);
-    assert_int_equal(fx_build(&f, &al_channel_dingtalk, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_dingtalk, &mention_cfg, FX_FIRING, GW_TIER_P0, false);
     assert_string_equal(fx_str(j, "at.atMobiles.0"), "13800000000");
     assert_string_equal(fx_str(j, "at.atMobiles.1"), "13900000000");
     /* a markdown @mention only renders when the number is in the text too */
     assert_non_null(strstr(fx_str(j, "markdown.text"), "@13800000000 @13900000000"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void a_large_group_is_cut_to_the_limit_and_says_how_many_more(void **state)
@@ -168,14 +157,11 @@ static void a_large_group_is_cut_to_the_limit_and_says_how_many_more(void **stat
                 i ? "," : "", i + 1, i, long_summary);
     fclose(mem);
     assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P1", "%s"), alerts) > 0);
-    fx_init(&f, &plain_cfg, payload, GW_TIER_P1, false);
-    assert_int_equal(fx_build(&f, &al_channel_dingtalk, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_dingtalk, &plain_cfg, payload, GW_TIER_P1, false);
     assert_true(strlen(fx_str(j, "markdown.text")) <= 15000);
     assert_non_null(strstr(fx_str(j, "markdown.text"), "more"));
     assert_non_null(strstr(fx_str(j, "markdown.text"), "Breakwater"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
     free(payload);
     free(alerts);
 }

@@ -43,8 +43,7 @@ static void firing_is_an_interactive_card(void **state)
     assert_string_equal(fx_str(el, "1.tag"), "note");
     assert_string_equal(fx_str(el, "1.elements.0.content"),
                         "Breakwater" AL_MIDDOT "breakwater@host");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void firing_with_external_url_has_an_ack_button(void **state)
@@ -53,16 +52,13 @@ static void firing_with_external_url_has_an_ack_button(void **state)
     json_t *j, *button;
 
     fx_install_ack_secret();
-    fx_init(&f, &plain_cfg, FX_FIRING, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_feishu, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_feishu, &plain_cfg, FX_FIRING, GW_TIER_P0, true);
     assert_string_equal(fx_str(j, "card.elements.1.tag"), "action");
     button = fx_at(j, "card.elements.1.actions.0");
     assert_string_equal(fx_str(button, "tag"), "button");
     assert_string_equal(fx_str(button, "text.content"), "Acknowledge");
     assert_true(fx_ack_link_ok(fx_str(button, "url"), 42));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_is_green_and_acknowledged_blue_without_buttons(void **state)
@@ -76,14 +72,11 @@ static void resolved_is_green_and_acknowledged_blue_without_buttons(void **state
     for (size_t i = 0; i < 2; i++) {
         fx_t f;
         json_t *j;
-        fx_init(&f, &plain_cfg, payloads[i], GW_TIER_P0, true);
-        assert_int_equal(fx_build(&f, &al_channel_feishu, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_feishu, &plain_cfg, payloads[i], GW_TIER_P0, true);
         assert_string_equal(fx_str(j, "card.header.template"), colours[i]);
         assert_string_equal(fx_str(j, "card.header.title.content"), titles[i]);
         assert_null(strstr(f.req.body, "\"action\""));
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
     }
 }
 
@@ -92,15 +85,12 @@ static void group_has_one_block_per_alert(void **state)
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &plain_cfg, FX_GROUP, GW_TIER_P1, false);
-    assert_int_equal(fx_build(&f, &al_channel_feishu, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_feishu, &plain_cfg, FX_GROUP, GW_TIER_P1, false);
     assert_string_equal(fx_str(j, "card.header.template"), "orange"); /* P1 */
     assert_string_equal(fx_str(j, "card.header.title.content"), "[P1] FIRING: 2 alerts");
     assert_string_equal(fx_str(j, "card.elements.1.tag"), "hr");
     assert_non_null(strstr(fx_str(j, "card.elements.2.text.content"), "10.0.0.1:80"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 /* Feishu's documented signature, computed independently (see SIGN above). */
@@ -116,8 +106,7 @@ static void secret_signs_the_body_like_feishu(void **state)
     assert_string_equal(fx_str(j, "timestamp"), "1767225600"); /* seconds, as a string */
     assert_string_equal(fx_str(j, "sign"), SIGN);
     assert_null(strstr(f.req.body, SECRET));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void a_large_group_stays_under_20_kb(void **state)
@@ -141,8 +130,7 @@ static void a_large_group_stays_under_20_kb(void **state)
     j = fx_json(&f);
     assert_string_equal(fx_str(j, "card.header.template"), "yellow");
     assert_non_null(strstr(f.req.body, "more"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
     free(payload);
     free(alerts);
 }

@@ -157,6 +157,49 @@ static inline void fx_dispose(fx_t *f)
     al_message_dispose(&f->m);
 }
 
+/* fx_init(), then part 0 built (it must build) and its body as JSON: the set-up of most tests.
+ * Release both with fx_done(). */
+static inline json_t *fx_build_json(fx_t *f, const al_channel_ops_t *ops,
+                                    const gw_channel_config_t *cfg, const char *payload, int tier,
+                                    bool with_link)
+{
+    fx_init(f, cfg, payload, tier, with_link);
+    assert_int_equal(fx_build(f, ops, 0), 0);
+    return fx_json(f);
+}
+
+static inline void fx_done(fx_t *f, json_t *j)
+{
+    json_decref(j);
+    fx_dispose(f);
+}
+
+/* build() of a firing P0 notification for channel config cfg: 0, or its error. */
+static inline int fx_build_result(const al_channel_ops_t *ops, const gw_channel_config_t *cfg)
+{
+    fx_t f;
+    int r;
+
+    fx_init(&f, cfg, FX_FIRING, GW_TIER_P0, false);
+    r = fx_build(&f, ops, 0);
+    fx_dispose(&f);
+    return r;
+}
+
+/* Without a configured url the request goes to the provider's default, `want`. */
+static inline void fx_default_url(const al_channel_ops_t *ops, const gw_channel_config_t *cfg,
+                                  const char *want)
+{
+    gw_channel_config_t c = *cfg;
+    fx_t f;
+
+    c.url = NULL;
+    fx_init(&f, &c, FX_FIRING, GW_TIER_P0, false);
+    assert_int_equal(fx_build(&f, ops, 0), 0);
+    assert_string_equal(f.req.url, want);
+    fx_dispose(&f);
+}
+
 /* The value of header name in the request's own headers, or NULL. */
 static inline const char *fx_header(const al_request_t *r, const char *name)
 {

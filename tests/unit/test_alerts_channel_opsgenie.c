@@ -39,8 +39,7 @@ static void firing_creates_an_alert_aliased_by_the_dedup_key(void **state)
     assert_non_null(
         strstr(fx_str(j, "description"), "Acknowledge in Breakwater: " FX_EXTERNAL_URL "/ack/"));
     assert_null(strstr(f.req.body, GKEY)); /* the key is in the header only */
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_closes_by_alias(void **state)
@@ -56,8 +55,7 @@ static void resolved_closes_by_alias(void **state)
     assert_string_equal(fx_str(j, "source"), "breakwater@host");
     assert_string_equal(fx_str(j, "user"), "Breakwater");
     assert_string_equal(fx_str(j, "note"), "Resolved in Breakwater");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void acknowledged_acknowledges_by_alias(void **state)
@@ -71,8 +69,7 @@ static void acknowledged_acknowledges_by_alias(void **state)
                         BASE "/v2/alerts/" ALIAS_IN_PATH "/acknowledge?identifierType=alias");
     j = fx_json(&f);
     assert_string_equal(fx_str(j, "note"), "Acknowledged in Breakwater");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void group_is_one_request_per_alert(void **state)
@@ -87,8 +84,7 @@ static void group_is_one_request_per_alert(void **state)
     j = fx_json(&f);
     assert_string_equal(fx_str(j, "alias"), "host_down{host=\"10.0.0.1:80\",upstream=\"users\"}");
     assert_string_equal(fx_str(j, "details.host"), "10.0.0.1:80");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void priority_follows_the_tier_and_message_is_cut(void **state)
@@ -108,14 +104,11 @@ static void priority_follows_the_tier_and_message_is_cut(void **state)
                                         "{\"alert_id\":\"1\",\"dedup_key\":\"k\",\"tier\":\"%s\","
                                         "\"summary\":\"%s\"}"),
                              tiers[i], summary) > 0);
-        fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-        assert_int_equal(fx_build(&f, &al_channel_opsgenie, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_opsgenie, &cfg, payload, GW_TIER_P1, false);
         assert_string_equal(fx_str(j, "priority"), want[i]);
         assert_int_equal(strlen(fx_str(j, "message")), 130);
         assert_non_null(strstr(fx_str(j, "description"), summary)); /* whole in description */
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
         free(payload);
     }
 }
@@ -123,17 +116,12 @@ static void priority_follows_the_tier_and_message_is_cut(void **state)
 static void default_base_and_bad_keys(void **state)
 {
     gw_channel_config_t c = cfg;
-    fx_t f;
 
-    c.url = NULL;
-    fx_init(&f, &c, FX_FIRING, GW_TIER_P0, false);
-    assert_int_equal(fx_build(&f, &al_channel_opsgenie, 0), 0);
-    assert_string_equal(f.req.url, "https://api.opsgenie.com/v2/alerts");
+    fx_default_url(&al_channel_opsgenie, &cfg, "https://api.opsgenie.com/v2/alerts");
     c.api_key = "k\r\nX-Injected: 1"; /* a header can never be split */
-    assert_int_equal(fx_build(&f, &al_channel_opsgenie, 0), AL_EBADINPUT);
+    assert_int_equal(fx_build_result(&al_channel_opsgenie, &c), AL_EBADINPUT);
     c.api_key = NULL;
-    assert_int_equal(fx_build(&f, &al_channel_opsgenie, 0), AL_EBADINPUT);
-    fx_dispose(&f);
+    assert_int_equal(fx_build_result(&al_channel_opsgenie, &c), AL_EBADINPUT);
 }
 
 static void replies(void **state)

@@ -38,8 +38,7 @@ static void firing_is_a_trigger_event_keyed_by_the_dedup_key(void **state)
     assert_int_equal(json_integer_value(fx_at(j, "payload.custom_details.count")), 3);
     assert_string_equal(fx_str(j, "client"), "Breakwater");
     assert_true(fx_ack_link_ok(fx_str(j, "links.0.href"), 42));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_is_a_resolve_event_with_the_same_dedup_key(void **state)
@@ -47,16 +46,13 @@ static void resolved_is_a_resolve_event_with_the_same_dedup_key(void **state)
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &cfg, FX_RESOLVED, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_pagerduty, &cfg, FX_RESOLVED, GW_TIER_P0, true);
     assert_string_equal(fx_str(j, "event_action"), "resolve");
     assert_string_equal(fx_str(j, "dedup_key"), "breaker_open{upstream=\"users\"}");
     assert_string_equal(fx_str(j, "routing_key"), RKEY);
     assert_null(fx_at(j, "payload")); /* resolve takes only the key */
     assert_int_equal(json_object_size(j), 3);
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void acknowledged_is_an_acknowledge_event_with_the_same_dedup_key(void **state)
@@ -64,14 +60,11 @@ static void acknowledged_is_an_acknowledge_event_with_the_same_dedup_key(void **
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &cfg, FX_ACKED, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_pagerduty, &cfg, FX_ACKED, GW_TIER_P0, true);
     assert_string_equal(fx_str(j, "event_action"), "acknowledge");
     assert_string_equal(fx_str(j, "dedup_key"), "breaker_open{upstream=\"users\"}");
     assert_int_equal(json_object_size(j), 3);
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void group_is_one_event_per_alert_with_distinct_keys(void **state)
@@ -111,12 +104,9 @@ static void severity_follows_the_alert_tier(void **state)
                                         "{\"alert_id\":\"1\",\"dedup_key\":\"k\",\"tier\":\"%s\","
                                         "\"summary\":\"s\"}"),
                              tiers[i]) > 0);
-        fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-        assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_pagerduty, &cfg, payload, GW_TIER_P1, false);
         assert_string_equal(fx_str(j, "payload.severity"), want[i]);
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
         free(payload);
     }
 }
@@ -139,14 +129,11 @@ static void long_dedup_key_is_hashed_the_same_way_for_every_action(void **state)
                              "\"alerts\":[{\"alert_id\":\"1\",\"dedup_key\":\"%s\","
                              "\"status\":\"%s\",\"summary\":\"s\"}]}",
                              kinds[i], key, i == 0 ? "firing" : "resolved") > 0);
-        fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-        assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_pagerduty, &cfg, payload, GW_TIER_P1, false);
         assert_string_equal(
             fx_str(j, "dedup_key"),
             "sha256:0d4e2ca9e9cbced7a7a5380eb29e1a3783b9b6d0db72de36a1051038e1c1fbc7");
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
         free(payload);
     }
 }
@@ -163,27 +150,19 @@ static void long_summary_is_cut_to_1024_bytes(void **state)
                          FX_PAYLOAD("firing", "P1",
                                     "{\"alert_id\":\"1\",\"dedup_key\":\"k\",\"summary\":\"%s\"}"),
                          summary) > 0);
-    fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-    assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_pagerduty, &cfg, payload, GW_TIER_P1, false);
     assert_int_equal(strlen(fx_str(j, "payload.summary")), 1024);
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
     free(payload);
 }
 
 static void default_url_when_none_is_configured(void **state)
 {
     gw_channel_config_t c = cfg;
-    fx_t f;
 
-    c.url = NULL;
-    fx_init(&f, &c, FX_FIRING, GW_TIER_P0, false);
-    assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), 0);
-    assert_string_equal(f.req.url, "https://events.pagerduty.com/v2/enqueue");
+    fx_default_url(&al_channel_pagerduty, &cfg, "https://events.pagerduty.com/v2/enqueue");
     c.routing_key = NULL;
-    assert_int_equal(fx_build(&f, &al_channel_pagerduty, 0), AL_EBADINPUT);
-    fx_dispose(&f);
+    assert_int_equal(fx_build_result(&al_channel_pagerduty, &c), AL_EBADINPUT);
 }
 
 static void replies(void **state)

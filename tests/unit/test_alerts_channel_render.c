@@ -2,6 +2,7 @@
  * channels share.
  *
  * The bounded buffer (cuts at a UTF-8 boundary, never past its max), titles and labels text,
+ * grouped and folded messages (five alerts, then "…and N more alerts", within the limit),
  * the generic "code in the body" classifier, ack links through acklink.h, and the signing
  * primitives against published vectors (RFC 4231 for HMAC-SHA256, RFC 4648 for base64) and
  * hashlib.
@@ -230,6 +231,138 @@ static void retry_secs_is_capped(void **state)
     assert_int_equal(al_retry_secs(INT64_MAX), AL_RETRY_AFTER_MAX_MS);
 }
 
+/* n alerts (ids 1..n, summary "alert i" + pad bytes of 'x'), as the engine writes a group. */
+static char *group_payload(int n, size_t pad)
+{
+    char *alerts = NULL, *payload = NULL, *fill = calloc(1, pad + 1);
+    size_t len = 0;
+    FILE *mem = open_memstream(&alerts, &len);
+
+    assert_non_null(fill);
+    memset(fill, 'x', pad);
+    for (int i = 0; i < n; i++)
+        fprintf(mem,
+                "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"status\":\"firing\","
+                "\"summary\":\"alert %d%s\",\"labels\":{}}",
+                i ? "," : "", i + 1, i, i + 1, fill);
+    fclose(mem);
+    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
+    free(alerts);
+    free(fill);
+    return payload;
+}
+
+static void line_alert(const al_channel_ctx_t *ctx, const al_message_t *m, const al_alert_view_t *v,
+                       al_buf_t *b)
+{
+    (void)ctx;
+    (void)m;
+    al_buf_printf(b, "- %s\n", v->summary);
+}
+
+static void sentence_alert(const al_channel_ctx_t *ctx, const al_message_t *m,
+                           const al_alert_view_t *v, al_buf_t *b)
+{
+    (void)ctx;
+    (void)m;
+    al_buf_printf(b, " %s.", v->summary);
+}
+
+static void a_big_group_shows_five_and_says_how_many_more_alerts(void **state)
+{
+    char *payload = group_payload(8, 0);
+    al_buf_t b;
+    fx_t f;
+
+    fx_init(&f, &(gw_channel_config_t){.name = "x"}, payload, GW_TIER_P2, false);
+    al_buf_init(&b, 4096);
+    assert_int_equal(al_render_alerts(&f.ctx, &f.m, &b, line_alert, 50), 8); /* all accounted */
+    assert_string_equal(b.p, "- alert 1\n- alert 2\n- alert 3\n- alert 4\n- alert 5\n" AL_ELLIPSIS
+                             "and 3 more alerts\n");
+    al_buf_dispose(&b);
+    /* the caller's own cap, and the layout of sentences (the voice channel) */
+    al_buf_init(&b, 4096);
+    assert_int_equal(al_render_alerts(&f.ctx, &f.m, &b, sentence_alert, 2), 8);
+    assert_string_equal(b.p, " alert 1. alert 2. " AL_ELLIPSIS "and 6 more alerts.");
+    al_buf_dispose(&b);
+    fx_dispose(&f);
+    free(payload);
+
+    /* no "more" line when everything is shown; one left is "1 more alert" */
+    payload = group_payload(5, 0);
+    fx_init(&f, &(gw_channel_config_t){.name = "x"}, payload, GW_TIER_P2, false);
+    al_buf_init(&b, 4096);
+    assert_int_equal(al_render_alerts(&f.ctx, &f.m, &b, line_alert, 50), 5);
+    assert_null(strstr(b.p, "more"));
+    al_buf_dispose(&b);
+    al_buf_init(&b, 4096);
+    assert_int_equal(al_render_alerts(&f.ctx, &f.m, &b, line_alert, 4), 5);
+    assert_non_null(strstr(b.p, "- alert 4\n" AL_ELLIPSIS "and 1 more alert\n"));
+    al_buf_dispose(&b);
+    fx_dispose(&f);
+    free(payload);
+}
+
+static void the_more_line_fits_under_the_limit_whatever_the_alerts(void **state)
+{
+    char *payload = group_payload(50, 900); /* each alert ~ 900 B: two fill 2048 B */
+    al_buf_t b;
+    fx_t f;
+
+    fx_init(&f, &(gw_channel_config_t){.name = "x"}, payload, GW_TIER_P2, false);
+    for (size_t max = 200; max <= 4096; max += 487) {
+        al_buf_init(&b, max);
+        assert_int_equal(al_render_alerts(&f.ctx, &f.m, &b, line_alert, 50), 50);
+        assert_true(b.len <= max);
+        assert_non_null(strstr(b.p, "more alerts")); /* after a cut alert: on the same line */
+        assert_non_null(strstr(b.p, "- alert 1"));
+        al_buf_dispose(&b);
+    }
+    fx_dispose(&f);
+    free(payload);
+}
+
+/* A folded notification of 30 alerts through the providers that render with al_render_alerts:
+ * five spelled out, "…and 25 more alerts", within the provider's size limit. */
+static void providers_fold_many_alerts_into_one_bounded_message(void **state)
+{
+    static const char *const mobiles[] = {"+8613800000000"};
+    const gw_channel_config_t wecom_md = {.name = "w", .url = "https://qyapi.example/send"};
+    const gw_channel_config_t wecom_text = {
+        .name = "w", .url = "https://qyapi.example/send", .to = (char **)mobiles, .nto = 1};
+    const gw_channel_config_t ding = {.name = "d", .url = "https://oapi.example/send"};
+    const struct {
+        const al_channel_ops_t *ops;
+        const gw_channel_config_t *cfg;
+        const char *field;
+        size_t limit;
+    } rows[] = {
+        {&al_channel_wecom, &wecom_md, "markdown.content", 4096},
+        {&al_channel_wecom, &wecom_text, "text.content", 2048},
+        {&al_channel_dingtalk, &ding, "markdown.text", 20000},
+    };
+    char *payload = group_payload(30, 300);
+
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        fx_t f;
+        json_t *j;
+        const char *text;
+        fx_init(&f, rows[i].cfg, payload, GW_TIER_P2, false);
+        assert_int_equal(fx_build(&f, rows[i].ops, 0), 0);
+        j = fx_json(&f);
+        text = fx_str(j, rows[i].field);
+        assert_true(strlen(text) <= rows[i].limit);
+        if (rows[i].limit > 2048) /* five of 300 B fit: exactly five shown */
+            assert_non_null(strstr(text, "alert 5"));
+        assert_null(strstr(text, "alert 6x"));
+        assert_non_null(strstr(text, "more alerts"));
+        assert_non_null(strstr(text, "Breakwater"));
+        json_decref(j);
+        fx_dispose(&f);
+    }
+    free(payload);
+}
+
 static void every_type_has_a_channel(void **state)
 {
     for (int t = 0; t < GW_CHANNEL_TYPE_COUNT; t++) {
@@ -256,6 +389,9 @@ int main(void)
         cmocka_unit_test(stable_key_hashes_only_what_is_too_long),
         cmocka_unit_test(retry_secs_is_capped),
         cmocka_unit_test(every_type_has_a_channel),
+        cmocka_unit_test(a_big_group_shows_five_and_says_how_many_more_alerts),
+        cmocka_unit_test(the_more_line_fits_under_the_limit_whatever_the_alerts),
+        cmocka_unit_test(providers_fold_many_alerts_into_one_bounded_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -36,8 +36,7 @@ static void firing_has_header_section_and_context_blocks(void **state)
     assert_string_equal(fx_str(j, "blocks.2.type"), "context");
     assert_string_equal(fx_str(j, "blocks.2.elements.0.text"),
                         "Breakwater" AL_MIDDOT "breakwater@host");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void ack_link_is_a_slack_link_with_a_genuine_token(void **state)
@@ -48,17 +47,14 @@ static void ack_link_is_a_slack_link_with_a_genuine_token(void **state)
     const char *p;
 
     fx_install_ack_secret();
-    fx_init(&f, &cfg, FX_FIRING, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_slack, &cfg, FX_FIRING, GW_TIER_P0, true);
     p = strchr(fx_str(j, "blocks.1.text.text"), '<');
     assert_non_null(p);
     snprintf(link, sizeof(link), "%s", p + 1);
     assert_non_null(strstr(link, "|Acknowledge>"));
     *strchr(link, '|') = '\0';
     assert_true(fx_ack_link_ok(link, 42));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_and_acknowledged_have_no_ack_link(void **state)
@@ -71,13 +67,10 @@ static void resolved_and_acknowledged_have_no_ack_link(void **state)
     for (size_t i = 0; i < 2; i++) {
         fx_t f;
         json_t *j;
-        fx_init(&f, &cfg, payloads[i], GW_TIER_P0, true);
-        assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_slack, &cfg, payloads[i], GW_TIER_P0, true);
         assert_string_equal(fx_str(j, "blocks.0.text.text"), titles[i]);
         assert_null(strstr(f.req.body, "Acknowledge>"));
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
     }
 }
 
@@ -91,9 +84,7 @@ static void mrkdwn_control_characters_are_escaped(void **state)
     json_t *j;
     const char *text;
 
-    fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_slack, &cfg, payload, GW_TIER_P1, false);
     text = fx_str(j, "blocks.1.text.text");
     assert_non_null(strstr(text, "*a &lt; b &amp;&amp; c &gt; d &lt;!channel&gt; "
                                  "&lt;https://evil|click&gt;*"));
@@ -103,8 +94,7 @@ static void mrkdwn_control_characters_are_escaped(void **state)
     /* the header is plain_text: shown as is */
     assert_string_equal(fx_str(j, "blocks.0.text.text"),
                         "[P1] FIRING: a < b && c > d <!channel> <https://evil|click>");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void group_of_fifty_stays_under_fifty_blocks(void **state)
@@ -120,9 +110,7 @@ static void group_of_fifty_stays_under_fifty_blocks(void **state)
                 i ? "," : "", i + 1, i, i);
     fclose(mem);
     assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
-    fx_init(&f, &cfg, payload, GW_TIER_P2, false);
-    assert_int_equal(fx_build(&f, &al_channel_slack, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_slack, &cfg, payload, GW_TIER_P2, false);
     blocks = fx_at(j, "blocks");
     assert_true(json_array_size(blocks) <= 50);
     assert_string_equal(fx_str(j, "blocks.0.text.text"), "[P2] FIRING: 50 alerts");
@@ -130,8 +118,7 @@ static void group_of_fifty_stays_under_fifty_blocks(void **state)
         strstr(json_string_value(
                    fx_at(json_array_get(blocks, json_array_size(blocks) - 1), "elements.0.text")),
                "and 5 more"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
     free(payload);
     free(alerts);
 }
@@ -155,19 +142,15 @@ static void long_summary_is_cut_within_section_and_header_limits(void **state)
     j = fx_json(&f); /* valid JSON: jansson refuses invalid UTF-8 */
     assert_true(strlen(fx_str(j, "blocks.0.text.text")) <= 150);
     assert_true(strlen(fx_str(j, "blocks.1.text.text")) <= 3000);
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
     free(payload);
 }
 
 static void build_refuses_what_it_cannot_send(void **state)
 {
     gw_channel_config_t no_url = {.name = "chat", .type = GW_CHANNEL_SLACK};
-    fx_t f;
 
-    fx_init(&f, &no_url, FX_FIRING, GW_TIER_P0, false);
-    assert_int_equal(fx_build(&f, &al_channel_slack, 0), AL_EBADINPUT);
-    fx_dispose(&f);
+    assert_int_equal(fx_build_result(&al_channel_slack, &no_url), AL_EBADINPUT);
 }
 
 static void replies(void **state)

@@ -45,8 +45,7 @@ static void firing_is_an_adaptive_card_attachment(void **state)
     assert_string_equal(fx_str(card, "body.1.items.2.actions.0.type"), "Action.OpenUrl");
     assert_true(fx_ack_link_ok(fx_str(card, "body.1.items.2.actions.0.url"), 42));
     assert_string_equal(fx_str(card, "body.2.text"), "Breakwater" AL_MIDDOT "breakwater@host");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_is_good_and_acknowledged_accent_without_actions(void **state)
@@ -58,13 +57,10 @@ static void resolved_is_good_and_acknowledged_accent_without_actions(void **stat
     for (size_t i = 0; i < 2; i++) {
         fx_t f;
         json_t *j;
-        fx_init(&f, &cfg, payloads[i], GW_TIER_P0, true);
-        assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_teams, &cfg, payloads[i], GW_TIER_P0, true);
         assert_string_equal(fx_str(j, "attachments.0.content.body.0.color"), colours[i]);
         assert_null(strstr(f.req.body, "Action.OpenUrl"));
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
     }
 }
 
@@ -73,15 +69,12 @@ static void group_has_a_container_per_alert(void **state)
     fx_t f;
     json_t *j;
 
-    fx_init(&f, &cfg, FX_GROUP, GW_TIER_P2, false);
-    assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_teams, &cfg, FX_GROUP, GW_TIER_P2, false);
     assert_string_equal(fx_str(j, "attachments.0.content.body.0.text"), "[P2] FIRING: 2 alerts");
     assert_string_equal(fx_str(j, "attachments.0.content.body.0.color"), "Warning");
     assert_string_equal(fx_str(j, "attachments.0.content.body.2.items.0.text"),
                         "Host 10.0.0.1:80 of upstream 'users' is down");
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void large_group_stays_under_the_message_limit(void **state)

@@ -34,8 +34,7 @@ static void firing_is_markdown_with_the_alert_facts(void **state)
     assert_non_null(strstr(text, "> [Acknowledge](" FX_EXTERNAL_URL "/ack/"));
     assert_non_null(strstr(text, "Breakwater" AL_MIDDOT "breakwater@host"));
     assert_null(fx_at(j, "text"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 static void resolved_is_info_coloured_and_acknowledged_has_no_link(void **state)
@@ -47,14 +46,11 @@ static void resolved_is_info_coloured_and_acknowledged_has_no_link(void **state)
     for (size_t i = 0; i < 2; i++) {
         fx_t f;
         json_t *j;
-        fx_init(&f, &cfg, payloads[i], GW_TIER_P0, true);
-        assert_int_equal(fx_build(&f, &al_channel_wecom, 0), 0);
-        j = fx_json(&f);
+        j = fx_build_json(&f, &al_channel_wecom, &cfg, payloads[i], GW_TIER_P0, true);
         assert_non_null(strstr(fx_str(j, "markdown.content"), titles[i]));
         assert_non_null(strstr(fx_str(j, "markdown.content"), "<font color=\"info\">"));
         assert_null(strstr(fx_str(j, "markdown.content"), "Acknowledge"));
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
     }
 }
 
@@ -64,16 +60,13 @@ static void mentions_switch_to_text_with_mentioned_mobile_list(void **state)
     json_t *j;
 
     fx_install_ack_secret();
-    fx_init(&f, &mention_cfg, FX_GROUP, GW_TIER_P0, true);
-    assert_int_equal(fx_build(&f, &al_channel_wecom, 0), 0);
-    j = fx_json(&f);
+    j = fx_build_json(&f, &al_channel_wecom, &mention_cfg, FX_GROUP, GW_TIER_P0, true);
     assert_string_equal(fx_str(j, "msgtype"), "text");
     assert_string_equal(fx_str(j, "text.mentioned_mobile_list.0"), "13800000000");
     assert_non_null(strstr(fx_str(j, "text.content"), "[P0] FIRING: 2 alerts\n- " FX_SUMMARY));
     assert_non_null(strstr(fx_str(j, "text.content"), "Acknowledge: " FX_EXTERNAL_URL "/ack/"));
     assert_non_null(strstr(fx_str(j, "text.content"), "- Host 10.0.0.1:80"));
-    json_decref(j);
-    fx_dispose(&f);
+    fx_done(&f, j);
 }
 
 /* Content is bounded in bytes (UTF-8), and never cut inside a character. */
@@ -103,8 +96,7 @@ static void content_stays_under_the_byte_limits(void **state)
         j = fx_json(&f); /* jansson checks the UTF-8 */
         assert_true(strlen(fx_str(j, fields[c])) <= limits[c]);
         assert_non_null(strstr(fx_str(j, fields[c]), "more"));
-        json_decref(j);
-        fx_dispose(&f);
+        fx_done(&f, j);
     }
     free(payload);
     free(alerts);

@@ -3,7 +3,10 @@
  * Claiming due deliveries with a lease, the send-time re-check, recording attempt results, the
  * retry schedule (exponential backoff with equal jitter, Retry-After, max_attempts, max_age),
  * ambiguous attempts (retried on P0/P1, final on P2), expired leases and restarts, stable
- * delivery ids, per alert+channel ordering, delivery_failing, and the payload handed to the sender.
+ * delivery ids, per alert+channel ordering, delivery_failing (tied to the tier's window), the
+ * payload handed to the sender, and channel rate limits (tokens, the P0 reserve, waiting without
+ * spinning, folding what waited into one delivery within AL_GROUP_MAX, same kind only, order
+ * kept, acks before the folded send).
  *
  * Real SQLite files in mkdtemp() directories opened with al_db_open(); configs loaded with
  * gw_config_load_string(); injected clock and random source (a counter: its low values put the
@@ -33,9 +36,11 @@
 #define HOUR (60 * MIN)
 #define NEVER UINT64_MAX
 
-#define HEAD                                                                                       \
+#define UPSTREAMS                                                                                  \
     "upstreams:\n  u: { hosts: [\"127.0.0.1:9001\"] }\n"                                           \
-    "routes:\n  - { name: r, match: { path_prefix: / }, upstream: u }\n"                           \
+    "routes:\n  - { name: r, match: { path_prefix: / }, upstream: u }\n"
+#define HEAD                                                                                       \
+    UPSTREAMS                                                                                      \
     "alerts:\n  channels:\n    chat: { type: console }\n    pager: { type: console }\n"            \
     "    phone: { type: console }\n"                                                               \
     "  tiers:\n    P0: { channels: [phone, pager], repeat: 5m }\n"                                 \
@@ -83,7 +88,8 @@ static void fx_close(fx_t *f)
     f->db = NULL;
 }
 
-static fx_t *fx_new(const char *extra, uint32_t failing_after)
+/* A config of head (UPSTREAMS + an alerts section) + extra. */
+static fx_t *fx_new_cfg(const char *head, const char *extra, uint32_t failing_after)
 {
     fx_t *f = calloc(1, sizeof(*f));
     char *yaml = NULL;
@@ -93,7 +99,7 @@ static fx_t *fx_new(const char *extra, uint32_t failing_after)
     assert_non_null(f);
     snprintf(f->dir, sizeof(f->dir), "/tmp/bw_test_outbox.XXXXXX");
     assert_non_null(mkdtemp(f->dir));
-    assert_true(asprintf(&yaml, "%s%s", HEAD, extra) > 0);
+    assert_true(asprintf(&yaml, "%s%s", head, extra) > 0);
     gw_diag_init(&d);
     r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &f->cfg, &d);
     for (size_t i = 0; i < d.n; i++)
@@ -107,6 +113,11 @@ static fx_t *fx_new(const char *extra, uint32_t failing_after)
     f->opt.failing_after = failing_after;
     fx_open(f);
     return f;
+}
+
+static fx_t *fx_new(const char *extra, uint32_t failing_after)
+{
+    return fx_new_cfg(HEAD, extra, failing_after);
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -141,9 +152,65 @@ static int setup_failing(void **state)
     return 0;
 }
 
+static int setup_default_failing(void **state)
+{
+    *state = fx_new("", 0); /* failing_after: the engine's default */
+    return 0;
+}
+
 static int setup_short_age(void **state)
 {
     *state = fx_new("  delivery: { max_age: 10s, backoff: 1s, max_backoff: 5m }\n", 100);
+    return 0;
+}
+
+/* One console channel "ding" limited to `rate`, on every tier. */
+#define RL_HEAD(rate)                                                                              \
+    UPSTREAMS "alerts:\n  channels:\n    ding: { type: console, rate_limit: " rate " }\n"          \
+              "  tiers:\n    P0: { channels: [ding], repeat: 5m }\n"                               \
+              "    P1: { channels: [ding], escalate_after: 15m }\n"                                \
+              "    P2: { channels: [ding], escalate_after: 1h }\n"
+
+static int setup_rl_2m(void **state)
+{
+    *state = fx_new_cfg(RL_HEAD("2/m"), "", 100);
+    return 0;
+}
+
+static int setup_rl_4m(void **state)
+{
+    *state = fx_new_cfg(RL_HEAD("4/m"), "", 100);
+    return 0;
+}
+
+static int setup_rl_1h(void **state)
+{
+    *state = fx_new_cfg(RL_HEAD("1/h"), "", 100);
+    return 0;
+}
+
+/* "ding" (1/h) on P0, "chat" (no limit) on P1 and P2. */
+static int setup_rl_mixed(void **state)
+{
+    *state = fx_new_cfg(UPSTREAMS "alerts:\n  channels:\n"
+                                  "    ding: { type: console, rate_limit: 1/h }\n"
+                                  "    chat: { type: console }\n"
+                                  "  tiers:\n    P0: { channels: [ding], repeat: 5m }\n"
+                                  "    P1: { channels: [chat], escalate_after: 15m }\n"
+                                  "    P2: { channels: [chat], escalate_after: 1h }\n",
+                        "", 100);
+    return 0;
+}
+
+/* Tiers with the windows delivery_failing waits for: P0 repeat 5m, P1 escalate_after 15m, P2
+ * neither (5 minutes). failing_after 1: every failed attempt past the window raises. */
+static int setup_windows(void **state)
+{
+    *state = fx_new_cfg(UPSTREAMS "alerts:\n  channels:\n    chat: { type: console }\n"
+                                  "  tiers:\n    P0: { channels: [chat], repeat: 5m }\n"
+                                  "    P1: { channels: [chat], escalate_after: 15m }\n"
+                                  "    P2: { channels: [chat] }\n",
+                        "", 1);
     return 0;
 }
 
@@ -208,6 +275,44 @@ static void dispose(al_delivery_t *d, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         al_delivery_dispose(&d[i]);
+}
+
+/* Raises an external alert on `tier` named `name`; returns its id. */
+static int64_t ext(fx_t *f, const char *tier, const char *name, uint64_t now)
+{
+    char body[256], err[128];
+    al_external_result_t res;
+
+    snprintf(body, sizeof(body),
+             "{\"summary\":\"%s is down\",\"tier\":\"%s\",\"labels\":{\"name\":\"%s\"}}", name,
+             tier, name);
+    assert_int_equal(al_engine_external(f->e, body, strlen(body), now, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.raised, 1);
+    return res.ids[0];
+}
+
+/* The alert ids of a claimed delivery's payload (ascending) and its "folded" count. */
+static size_t payload_ids(const al_delivery_t *d, int64_t *ids, size_t max, int64_t *folded)
+{
+    json_t *p = json_loads(d->payload_json, 0, NULL), *alerts;
+    size_t n = 0;
+
+    assert_non_null(p);
+    alerts = json_object_get(p, "alerts");
+    for (size_t i = 0; i < json_array_size(alerts) && n < max; i++)
+        ids[n++] = atoll(json_string_value(json_object_get(json_array_get(alerts, i), "alert_id")));
+    *folded = json_integer_value(json_object_get(p, "folded"));
+    assert_true(json_is_integer(json_object_get(p, "folded")));
+    json_decref(p);
+    return n;
+}
+
+static uint64_t next_due(fx_t *f)
+{
+    uint64_t next = 0;
+
+    assert_int_equal(al_outbox_next_due(f->e, &next), 0);
+    return next;
 }
 
 /* ---- the schedule ---- */
@@ -567,6 +672,406 @@ static void next_due_and_depth_follow_the_rows(void **state)
     assert_int_equal(al_outbox_record(f->e, &d[0], &bad, T0), AL_DB_EINVAL);
 }
 
+/* ---- channel rate limits ---- */
+
+/* 2/m: two go at once, the other three wait for the next token (no attempt, no spin) and then
+ * go as ONE message; every alert is in exactly one sent delivery. */
+static void rate_limit_folds_the_excess_into_one_delivery(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[8];
+    int64_t ids[8], folded = -1, a[5];
+    char carrier[37], want[128];
+
+    for (int i = 0; i < 5; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "db%d", i + 1);
+        a[i] = ext(f, "P0", name, T0);
+    }
+    assert_int_equal(claim(f, T0, d, 8), 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(payload_ids(&d[i], ids, 8, &folded), 1);
+        assert_int_equal(ids[0], a[i]);
+        assert_int_equal(folded, 0);
+        record(f, &d[i], AL_SEND_OK, 200, 0, T0 + 1);
+    }
+    dispose(d, 2);
+    /* the other three wait for the token at T0 + 30 s: pending, nothing attempted */
+    assert_text(f, "pending|0|3",
+                "SELECT status || '|' || sum(attempts) || '|' || count(*) FROM deliveries "
+                "WHERE id > 2 GROUP BY status");
+    assert_int_equal(q_int(f, "SELECT min(next_attempt_at) FROM deliveries WHERE id > 2"),
+                     T0 + 30 * SEC);
+    assert_int_equal(q_int(f, "SELECT max(next_attempt_at) FROM deliveries WHERE id > 2"),
+                     T0 + 30 * SEC);
+    assert_int_equal(next_due(f), T0 + 30 * SEC);
+    assert_int_equal(claim(f, T0 + 30 * SEC - 1, d, 8), 0);
+    assert_int_equal(next_due(f), T0 + 30 * SEC); /* a look before the token changes nothing */
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'delivery' AND "
+                              "json_extract(detail, '$.reason') = "
+                              "'waiting for a token of the channel''s rate limit'"),
+                     3); /* once per waiting notification */
+    /* the token: one delivery carries the three */
+    assert_int_equal(claim(f, T0 + 30 * SEC, d, 8), 1);
+    assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 3);
+    assert_true(ids[0] == a[2] && ids[1] == a[3] && ids[2] == a[4]);
+    assert_int_equal(folded, 2);
+    assert_int_equal(d[0].attempt, 1);
+    memcpy(carrier, d[0].delivery_id, sizeof(carrier));
+    assert_text(f, "folded,folded",
+                "SELECT group_concat(status, ',') FROM deliveries WHERE folded_into = 3");
+    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 0);
+    snprintf(want, sizeof(want), "folded into delivery %s (channel rate limit)", carrier);
+    for (int i = 3; i < 5; i++) {
+        char sql[256];
+        snprintf(sql, sizeof(sql),
+                 "SELECT json_extract(detail, '$.reason') FROM alert_history WHERE alert_id = "
+                 "%lld AND json_extract(detail, '$.status') = 'folded'",
+                 (long long)a[i]);
+        assert_text(f, want, sql);
+    }
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 30 * SEC + 5);
+    dispose(d, 1);
+    /* nothing lost, nothing twice; the carrier's attempt is in the folded alerts' lineage too */
+    assert_int_equal(q_int(f, "SELECT count(*) FROM (SELECT m.alert_id FROM delivery_alerts m "
+                              "JOIN deliveries d ON d.id = m.delivery WHERE d.status = 'sent' "
+                              "GROUP BY m.alert_id HAVING count(*) = 1)"),
+                     5);
+    assert_int_equal(q_int(f,
+                           "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND "
+                           "kind = 'delivery' AND json_extract(detail, '$.status') = 'sent'",
+                           (long long)a[4]),
+                     1);
+    assert_int_equal(next_due(f), NEVER);
+}
+
+/* 4/m keeps 1 token for P0: P2 takes tokens only while more than 1 is left. */
+static void p0_has_reserved_capacity(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[8];
+
+    for (int i = 0; i < 4; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "h%d", i + 1);
+        ext(f, "P2", name, T0);
+    }
+    assert_int_equal(claim(f, T0, d, 8), 3); /* 4 -> 1 token: the reserve */
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(d[i].tier, GW_TIER_P2);
+    /* the 4th P2 needs 2 tokens: 1 more, 15 s at 4/m */
+    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries WHERE id = 4"),
+                     T0 + 15 * SEC);
+    /* a P0 raised meanwhile takes the reserve at once; the P2 keeps waiting */
+    ext(f, "P0", "core", T0 + SEC);
+    assert_int_equal(claim(f, T0 + SEC, d + 3, 5), 1);
+    assert_int_equal(d[3].tier, GW_TIER_P0);
+    assert_text(f, "pending", "SELECT status FROM deliveries WHERE id = 4");
+    /* at T0 + 15 s it has 1 token (the P0 took one): not yet; 2 tokens at T0 + 30 s */
+    assert_int_equal(claim(f, T0 + 15 * SEC, d + 4, 4), 0);
+    assert_int_equal(next_due(f), T0 + 30 * SEC);
+    assert_int_equal(claim(f, T0 + 30 * SEC, d + 4, 4), 1);
+    assert_int_equal(d[4].tier, GW_TIER_P2);
+    assert_int_equal(d[4].attempt, 1);
+    for (size_t i = 0; i < 5; i++)
+        record(f, &d[i], AL_SEND_OK, 200, 0, T0 + 30 * SEC);
+    dispose(d, 5);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 5);
+}
+
+/* An ack while notifications wait cancels them (they are not folded); an ack after the folded
+ * delivery was claimed cancels it at the send-time re-check, for every alert it carries. */
+static void ack_before_the_folded_send_cancels(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[8];
+    int64_t ids[8], folded = -1, a[6];
+
+    for (int i = 0; i < 6; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "db%d", i + 1);
+        a[i] = ext(f, "P0", name, T0);
+    }
+    assert_int_equal(claim(f, T0, d, 8), 2);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
+    record(f, &d[1], AL_SEND_OK, 200, 0, T0);
+    dispose(d, 2);
+    assert_int_equal(al_engine_ack(f->e, a[3], "ops", T0 + 10 * SEC), 0);
+    assert_text(f, "cancelled", "SELECT status FROM deliveries WHERE id = 4");
+    assert_int_equal(claim(f, T0 + 30 * SEC, d, 8), 1);
+    assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 3);
+    assert_true(ids[0] == a[2] && ids[1] == a[4] && ids[2] == a[5]);
+    assert_int_equal(folded, 2);
+    /* everything it carries is acknowledged before the send: not sent */
+    assert_int_equal(al_engine_ack(f->e, a[2], "ops", T0 + 31 * SEC), 0);
+    assert_int_equal(al_engine_ack(f->e, a[4], "ops", T0 + 31 * SEC), 0);
+    assert_int_equal(al_outbox_check(f->e, &d[0], T0 + 32 * SEC), 1); /* a[5] still firing */
+    assert_int_equal(al_engine_ack(f->e, a[5], "ops", T0 + 32 * SEC), 0);
+    assert_int_equal(al_outbox_check(f->e, &d[0], T0 + 33 * SEC), 0);
+    dispose(d, 1);
+    assert_text(f, "cancelled", "SELECT status FROM deliveries WHERE id = 3");
+    assert_text(f, "folded,folded",
+                "SELECT group_concat(status, ',') FROM deliveries WHERE folded_into = 3");
+    for (int i = 4; i < 6; i++)
+        assert_int_equal(q_int(f,
+                               "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND "
+                               "kind = 'cancelled'",
+                               (long long)a[i]),
+                         1);
+    uint64_t depth = 9;
+    assert_int_equal(al_outbox_depth(f->e, &depth), 0);
+    assert_int_equal(depth, 0);
+    assert_int_equal(next_due(f), NEVER);
+}
+
+/* 1/h: a token carries at most AL_GROUP_MAX alerts; the rest wait for the next one. */
+static void folding_respects_the_group_bound(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    int64_t ids[AL_GROUP_MAX], folded = -1;
+
+    ext(f, "P0", "first", T0);
+    assert_int_equal(claim(f, T0, d, 4), 1);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
+    dispose(d, 1);
+    for (int i = 0; i < AL_GROUP_MAX + 10; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "n%d", i);
+        ext(f, "P0", name, T0 + SEC);
+    }
+    assert_int_equal(claim(f, T0 + SEC, d, 4), 0);
+    assert_int_equal(next_due(f), T0 + HOUR);
+    assert_int_equal(claim(f, T0 + HOUR, d, 4), 1);
+    assert_int_equal(payload_ids(&d[0], ids, AL_GROUP_MAX, &folded), AL_GROUP_MAX);
+    assert_int_equal(folded, AL_GROUP_MAX - 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 10);
+    assert_int_equal(q_int(f, "SELECT min(next_attempt_at) FROM deliveries WHERE status = "
+                              "'pending'"),
+                     T0 + 2 * HOUR);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + HOUR);
+    dispose(d, 1);
+    assert_int_equal(claim(f, T0 + 2 * HOUR, d, 4), 1);
+    assert_int_equal(payload_ids(&d[0], ids, AL_GROUP_MAX, &folded), 10);
+    assert_int_equal(folded, 9);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 2 * HOUR);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM (SELECT m.alert_id FROM delivery_alerts m "
+                              "JOIN deliveries d ON d.id = m.delivery WHERE d.status = 'sent' "
+                              "GROUP BY m.alert_id HAVING count(*) = 1)"),
+                     AL_GROUP_MAX + 11);
+}
+
+/* Only notifications of the same kind fold together; one whose alert still waits for its
+ * earlier notification on the channel (ordering) is not folded; a P2 folded into a P1 goes out
+ * on P1. */
+static void only_the_same_kind_folds_and_order_is_kept(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[8];
+    int64_t ids[8], folded = -1, a, b, c, p2;
+
+    a = ext(f, "P1", "a", T0);
+    b = ext(f, "P1", "b", T0);
+    assert_int_equal(claim(f, T0, d, 8), 1); /* 2/m keeps 1 for P0: one P1 goes */
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
+    dispose(d, 1);
+    /* b waits (firing); a resolves: its resolved notification waits too; c and a P2 arrive */
+    assert_int_equal(al_engine_resolve(f->e, a, "ops", T0 + SEC), 0);
+    c = ext(f, "P1", "c", T0 + 2 * SEC);
+    p2 = ext(f, "P2", "low", T0 + 3 * SEC);
+    assert_int_equal(claim(f, T0 + 3 * SEC, d, 8), 0);
+    /* 2 tokens again at T0 + 30 s: one message carries b, c and the P2, on P1 */
+    assert_int_equal(next_due(f), T0 + 30 * SEC);
+    assert_int_equal(claim(f, T0 + 30 * SEC, d, 8), 1);
+    assert_int_equal(d[0].kind, AL_NOTIFY_FIRING); /* P1 first, oldest first: b's */
+    assert_int_equal(d[0].tier, GW_TIER_P1);
+    assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 3);
+    assert_true(ids[0] == b && ids[1] == c && ids[2] == p2);
+    assert_int_equal(folded, 2);
+    assert_int_equal(q_int(f, "SELECT tier FROM deliveries WHERE id = %lld", (long long)d[0].id),
+                     GW_TIER_P1);
+    /* the resolved notification is another kind: it waits for a token of its own */
+    assert_text(f, "pending", "SELECT status FROM deliveries WHERE kind = 'resolved'");
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 30 * SEC);
+    dispose(d, 1);
+    assert_int_equal(next_due(f), T0 + 60 * SEC);
+    assert_int_equal(claim(f, T0 + 60 * SEC - 1, d, 8), 0);
+    assert_int_equal(claim(f, T0 + 60 * SEC, d, 8), 1);
+    assert_int_equal(d[0].kind, AL_NOTIFY_RESOLVED);
+    assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 1);
+    assert_int_equal(ids[0], a);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 60 * SEC);
+    dispose(d, 1);
+
+    /* ordering: x's firing is being sent; x resolves and y resolves; the token comes while x's
+     * firing is still in flight: y's resolved goes, x's waits (not folded) */
+    int64_t x = ext(f, "P0", "x", T0 + 200 * SEC), y = ext(f, "P0", "y", T0 + 200 * SEC);
+    al_delivery_t fx[2];
+    assert_int_equal(claim(f, T0 + 200 * SEC, fx, 2), 2); /* x, y firing: sending */
+    record(f, &fx[1], AL_SEND_OK, 200, 0, T0 + 201 * SEC);
+    assert_int_equal(al_engine_resolve(f->e, x, "ops", T0 + 202 * SEC), 0);
+    assert_int_equal(al_engine_resolve(f->e, y, "ops", T0 + 202 * SEC), 0);
+    assert_int_equal(claim(f, T0 + 203 * SEC, d, 8), 0); /* x's blocked, y's waits */
+    assert_int_equal(claim(f, T0 + 240 * SEC, d, 8), 1); /* lease of x's firing: T0 + 260 s */
+    assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 1);
+    assert_int_equal(ids[0], y);
+    assert_int_equal(folded, 0);
+    assert_int_equal(q_int(f,
+                           "SELECT count(*) FROM deliveries d JOIN delivery_alerts m ON "
+                           "m.delivery = d.id WHERE d.kind = 'resolved' AND d.status = "
+                           "'pending' AND m.alert_id = %lld",
+                           (long long)x),
+                     1);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 240 * SEC);
+    record(f, &fx[0], AL_SEND_OK, 200, 0, T0 + 241 * SEC);
+    dispose(d, 1);
+    dispose(fx, 2);
+}
+
+/* Each rate-limited channel has its own bucket; channels without rate_limit are not limited. */
+static void unlimited_channels_are_not_held_back(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[AL_CLAIM_MAX];
+    size_t n;
+
+    for (int i = 0; i < 20; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "u%d", i);
+        ext(f, "P1", name, T0); /* P1: chat and pager, neither limited */
+    }
+    n = claim(f, T0, d, AL_CLAIM_MAX);
+    assert_int_equal(n, 40);
+    dispose(d, n);
+}
+
+/* A backlog on a rate-limited channel, due at its token's time, does not hold back another
+ * channel's notification due at the same moment (the claim scans again once the backlog is put
+ * back). */
+static void a_limited_backlog_does_not_hold_back_other_channels(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[4];
+    int64_t ids[AL_GROUP_MAX], folded = -1;
+
+    ext(f, "P0", "first", T0);
+    assert_int_equal(claim(f, T0, d, 4), 1);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
+    dispose(d, 1);
+    for (int i = 0; i < 70; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "n%d", i);
+        ext(f, "P0", name, T0 + SEC);
+    }
+    assert_int_equal(claim(f, T0 + SEC, d, 4), 0);
+    ext(f, "P1", "api", T0 + HOUR); /* chat: not limited; due with the backlog, after it */
+    assert_int_equal(claim(f, T0 + HOUR, d, 4), 2);
+    assert_string_equal(d[0].channel, "ding");
+    assert_int_equal(payload_ids(&d[0], ids, AL_GROUP_MAX, &folded), AL_GROUP_MAX);
+    assert_string_equal(d[1].channel, "chat");
+    dispose(d, 2);
+}
+
+/* ---- delivery_failing follows the tier's window ---- */
+
+static void delivery_failing_waits_for_the_tier_window(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[2];
+    int64_t p1 = ext(f, "P1", "api", T0);
+
+    /* P1 (escalate_after 15m): failed attempts inside the window raise nothing */
+    for (uint64_t t = T0; t < T0 + 15 * MIN; t += 5 * MIN) {
+        assert_int_equal(claim(f, t, d, 2), 1);
+        record(f, &d[0], AL_SEND_RETRY, 503, 0, t);
+        dispose(d, 1);
+    }
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
+    /* the first failed attempt at 15 minutes does */
+    assert_int_equal(claim(f, T0 + 15 * MIN, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 503, 0, T0 + 15 * MIN);
+    dispose(d, 1);
+    assert_text(f, "delivery_failing{channel=\"chat\"}|firing|900000",
+                "SELECT dedup_key || '|' || status || '|' || (SELECT json_extract(detail, "
+                "'$.fields.undelivered_ms') FROM alert_history h WHERE h.alert_id = alerts.id "
+                "AND kind = 'raised') FROM alerts WHERE event = 'delivery_failing'");
+    (void)p1;
+}
+
+static void delivery_failing_windows_by_tier(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[2];
+
+    /* P0 (repeat 5m): 5 minutes */
+    ext(f, "P0", "core", T0);
+    assert_int_equal(claim(f, T0, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0);
+    dispose(d, 1);
+    assert_int_equal(claim(f, T0 + 4 * MIN, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 4 * MIN);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
+    assert_int_equal(claim(f, T0 + 5 * MIN, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 5 * MIN);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 1);
+    /* its success resolves it; P2 (no escalate_after, no repeat): 5 minutes too */
+    assert_int_equal(claim(f, T0 + 10 * MIN, d, 2), 2); /* core's retry + delivery_failing's */
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 10 * MIN);
+    record(f, &d[1], AL_SEND_OK, 200, 0, T0 + 10 * MIN);
+    dispose(d, 2);
+    assert_text(f, "resolved", "SELECT status FROM alerts WHERE event = 'delivery_failing'");
+    assert_int_equal(claim(f, T0 + 10 * MIN, d, 2), 1); /* its resolved notification */
+    assert_int_equal(d[0].kind, AL_NOTIFY_RESOLVED);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 10 * MIN);
+    dispose(d, 1);
+    ext(f, "P2", "low", T0 + 20 * MIN);
+    assert_int_equal(claim(f, T0 + 24 * MIN, d, 2), 1); /* first tried 4 minutes late */
+    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 24 * MIN);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing' AND "
+                              "status = 'firing'"),
+                     0);
+    assert_int_equal(claim(f, T0 + 25 * MIN, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 25 * MIN);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing' AND "
+                              "status = 'firing'"),
+                     1);
+}
+
+/* With the default failing_after (3), one failed attempt after a long wait is not yet a failing
+ * channel: the 3rd failed attempt past the window is; a final failure raises at once. */
+static void delivery_failing_needs_failing_after_attempts_past_the_window(void **state)
+{
+    fx_t *f = *state;
+    al_delivery_t d[2];
+
+    ev(f, "host_down", HOST("users", "a:1"), T0); /* P2, escalate_after 1h: chat */
+    for (int i = 0; i < 3; i++) {                 /* three failures within seconds: not failing */
+        assert_int_equal(claim(f, T0 + (uint64_t)i * 10 * SEC, d, 2), 1);
+        record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + (uint64_t)i * 10 * SEC);
+        dispose(d, 1);
+    }
+    assert_int_equal(claim(f, T0 + 30 * SEC, d, 2), 1);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 30 * SEC);
+    dispose(d, 1);
+    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
+    /* first tried two hours late (the sender was down): the window has passed, but only the
+     * 3rd failed attempt raises */
+    ev(f, "host_down", HOST("users", "b:1"), T0 + MIN);
+    for (int i = 0; i < 3; i++) {
+        uint64_t t = T0 + 2 * HOUR + (uint64_t)i * 10 * SEC;
+        assert_int_equal(claim(f, t, d, 2), 1);
+        record(f, &d[0], AL_SEND_RETRY, 500, 0, t);
+        dispose(d, 1);
+        assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"),
+                         i == 2);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -587,6 +1092,22 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(payload_has_the_webhook_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(next_due_and_depth_follow_the_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(rate_limit_folds_the_excess_into_one_delivery, setup_rl_2m,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(p0_has_reserved_capacity, setup_rl_4m, teardown),
+        cmocka_unit_test_setup_teardown(ack_before_the_folded_send_cancels, setup_rl_2m, teardown),
+        cmocka_unit_test_setup_teardown(folding_respects_the_group_bound, setup_rl_1h, teardown),
+        cmocka_unit_test_setup_teardown(only_the_same_kind_folds_and_order_is_kept, setup_rl_2m,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(unlimited_channels_are_not_held_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_limited_backlog_does_not_hold_back_other_channels,
+                                        setup_rl_mixed, teardown),
+        cmocka_unit_test_setup_teardown(delivery_failing_waits_for_the_tier_window, setup_windows,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(delivery_failing_windows_by_tier, setup_windows, teardown),
+        cmocka_unit_test_setup_teardown(
+            delivery_failing_needs_failing_after_attempts_past_the_window, setup_default_failing,
+            teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

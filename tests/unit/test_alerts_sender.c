@@ -13,32 +13,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
-#include <poll.h>
-#include <setjmp.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+#include <strings.h>
 
-#include <cmocka.h>
-#include <curl/curl.h>
-#include <jansson.h>
-#include <sqlite3.h>
-#include <uv.h>
-
-#include "alerts.h"
-#include "config.h"
-#include "db.h"
-#include "sender.h"
-
-#define PYTHON "/usr/bin/python3"
+#include "test_alerts_live_fixture.h"
 
 #define TIERS_HOOK                                                                                 \
     "    P0: { channels: [hook] }\n    P1: { channels: [hook] }\n    P2: { channels: [hook] }\n"
@@ -54,29 +31,14 @@ typedef struct rcv {
     char log[128];
 } rcv_t;
 
-static void receiver_path(char *out, size_t len)
-{
-    const char *slash;
-
-    snprintf(out, len, "%s", __FILE__); /* .../tests/unit/test_alerts_sender.c */
-    slash = strrchr(out, '/');
-    assert_non_null(slash);
-    out[slash - out] = '\0';
-    slash = strrchr(out, '/');
-    assert_non_null(slash);
-    snprintf(out + (slash - out), len - (size_t)(slash - out), "/integration/receiver.py");
-}
-
 /* Starts receiver.py with extra CLI arguments (NULL-terminated list). */
 static void rcv_start(rcv_t *r, const char *dir, const char *const *args)
 {
-    char path[512], line[64] = "";
+    char path[512], line[64];
     const char *argv[32];
-    int fds[2], n = 0;
-    struct pollfd p;
-    size_t len = 0;
+    int n = 0;
 
-    receiver_path(path, sizeof(path));
+    live_script_path(path, sizeof(path), "receiver.py");
     snprintf(r->log, sizeof(r->log), "%s/receiver.jsonl", dir);
     argv[n++] = "python3";
     argv[n++] = path;
@@ -85,63 +47,20 @@ static void rcv_start(rcv_t *r, const char *dir, const char *const *args)
     for (size_t i = 0; args != NULL && args[i] != NULL && n < 30; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
-    assert_int_equal(pipe(fds), 0);
-    r->pid = fork();
-    assert_true(r->pid >= 0);
-    if (r->pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        execv(PYTHON, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    p = (struct pollfd){.fd = fds[0], .events = POLLIN};
-    while (len + 1 < sizeof(line) && strchr(line, '\n') == NULL && poll(&p, 1, 10000) == 1) {
-        ssize_t got = read(fds[0], line + len, sizeof(line) - 1 - len);
-        if (got <= 0)
-            break;
-        len += (size_t)got;
-        line[len] = '\0';
-    }
-    close(fds[0]);
+    r->pid = live_python_start(argv, line, sizeof(line), 1);
     if (sscanf(line, "PORT %d", &r->port) != 1)
         fail_msg("receiver did not start: '%s'", line);
 }
 
 static void rcv_stop(rcv_t *r)
 {
-    int st;
-
-    if (r->pid <= 0)
-        return;
-    kill(r->pid, SIGTERM);
-    waitpid(r->pid, &st, 0);
-    r->pid = 0;
+    live_child_stop(&r->pid);
 }
 
 /* POST /_mode with a JSON body (blocking: the loop is not running). */
 static void rcv_mode(rcv_t *r, const char *json)
 {
-    char url[128];
-    long status = 0;
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    FILE *devnull = fopen("/dev/null", "w");
-
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/_mode", r->port);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, json);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, devnull);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    assert_int_equal(status, 200);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    fclose(devnull);
+    json_decref(live_control(r->port, "/_mode", json));
 }
 
 /* The recorded requests, oldest first (a new array). */
@@ -201,49 +120,18 @@ typedef struct fx {
     rcv_t rcv;
     json_t *logs; /* every line the sender logged: {"level", "msg", fields...} */
     int console_fd;
-    bool closed, idle, tick;
-    uint64_t deadline;
+    bool idle, tick;
     bool (*until)(struct fx *f);
-    bool met;
 } fx_t;
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t counter_random(void *ctx)
-{
-    return (*(uint64_t *)ctx)++;
-}
-
-static void capture_log(void *ctx, int level, const char *msg, json_t *fields)
-{
-    fx_t *f = ctx;
-    json_t *o = json_pack("{s:i, s:s}", "level", level, "msg", msg);
-
-    json_object_update(o, fields);
-    json_array_append_new(f->logs, o);
-}
 
 static void engine_open(fx_t *f)
 {
-    char err[256];
-
-    assert_int_equal(al_db_open(f->dir, &f->db, err, sizeof(err)), 0);
-    assert_int_equal(al_engine_new(f->db, &f->cfg->alerts, &f->eopt, &f->e), 0);
-    assert_int_equal(al_engine_start(f->e, wall_ms()), 0);
+    live_engine_open(f->dir, f->cfg, &f->eopt, &f->db, &f->e);
 }
 
 static void engine_close(fx_t *f)
 {
-    al_engine_free(f->e);
-    al_db_close(f->db);
-    f->e = NULL;
-    f->db = NULL;
+    live_engine_close(&f->db, &f->e);
 }
 
 static void sender_start(fx_t *f)
@@ -251,20 +139,11 @@ static void sender_start(fx_t *f)
     assert_int_equal(uv_loop_init(&f->loop), 0);
     f->s = al_sender_new_with(&f->loop, f->e, &f->cfg->alerts, "breakwater@test", &f->sopt);
     assert_non_null(f->s);
-    f->closed = false;
-}
-
-static void on_closed(void *ctx)
-{
-    ((fx_t *)ctx)->closed = true;
 }
 
 static void sender_stop(fx_t *f)
 {
-    al_sender_close(f->s, on_closed, f);
-    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
-    assert_true(f->closed);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
+    live_sender_close(f->s, &f->loop);
     f->s = NULL;
 }
 
@@ -273,8 +152,6 @@ static fx_t *fx_new(const char *const *rcv_args, const char *tiers, const char *
 {
     fx_t *f = calloc(1, sizeof(*f));
     char *yaml = NULL, cpath[96];
-    gw_diag_t d;
-    int r;
 
     assert_non_null(f);
     snprintf(f->dir, sizeof(f->dir), "/tmp/bw_test_sender.XXXXXX");
@@ -294,14 +171,8 @@ static fx_t *fx_new(const char *const *rcv_args, const char *tiers, const char *
                  "  delivery: %s\n",
                  f->rcv.port, f->rcv.port, tiers,
                  delivery != NULL ? delivery : "{ backoff: 50ms, max_backoff: 200ms }") > 0);
-    gw_diag_init(&d);
-    r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &f->cfg, &d);
-    for (size_t i = 0; i < d.n; i++)
-        print_message("config: %s\n", d.items[i]);
-    gw_diag_dispose(&d);
-    free(yaml);
-    assert_int_equal(r, 0);
-    f->eopt.random = counter_random;
+    f->cfg = live_config(yaml);
+    f->eopt.random = live_counter_random;
     f->eopt.random_ctx = &f->rng;
     f->eopt.source = "breakwater@test";
     engine_open(f);
@@ -309,17 +180,12 @@ static fx_t *fx_new(const char *const *rcv_args, const char *tiers, const char *
     snprintf(cpath, sizeof(cpath), "%s/console.log", f->dir);
     f->console_fd = open(cpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
     assert_true(f->console_fd >= 0);
-    f->sopt.log = capture_log;
-    f->sopt.log_ctx = f;
+    f->sopt.log = live_capture_log;
+    f->sopt.log_ctx = f->logs;
     f->sopt.console_fd = f->console_fd;
     f->sopt.request_timeout_ms = 500;
     sender_start(f);
     return f;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    return remove(path);
 }
 
 static int teardown(void **state)
@@ -333,89 +199,37 @@ static int teardown(void **state)
     gw_config_free(f->cfg);
     close(f->console_fd);
     json_decref(f->logs);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    live_rmtree(f->dir);
     free(f);
     return 0;
 }
 
 /* ---- running the loop ---- */
 
-static void on_check(uv_timer_t *t)
+static bool check(void *ctx)
 {
-    fx_t *f = t->data;
+    fx_t *f = ctx;
 
     if (f->tick) {
         uint64_t next;
-        assert_int_equal(al_engine_tick(f->e, wall_ms(), &next), 0);
+        assert_int_equal(al_engine_tick(f->e, live_wall_ms(), &next), 0);
         al_sender_kick(f->s);
     }
-    if (f->until(f)) {
-        f->met = true;
-        uv_stop(&f->loop);
-    } else if (wall_ms() >= f->deadline) {
-        uv_stop(&f->loop);
-    }
+    return f->until(f);
 }
 
 /* Runs the loop until until(f) holds (true) or timeout_ms passed (false). */
 static bool run_until(fx_t *f, bool (*until)(fx_t *f), uint64_t timeout_ms)
 {
-    uv_timer_t check;
-
     f->until = until;
-    f->met = false;
-    f->deadline = wall_ms() + timeout_ms;
-    uv_timer_init(&f->loop, &check);
-    check.data = f;
-    uv_timer_start(&check, on_check, 10, 10);
-    uv_run(&f->loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&check, NULL);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    return f->met;
+    return live_run_until(&f->loop, check, f, timeout_ms);
 }
 
 /* ---- database reads ---- */
 
-static int64_t q_int(fx_t *f, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql;
-    va_list ap;
-    int64_t v = -1;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
-}
-
-/* The first column of the first row as a new string ("" for NULL or no row). */
-static char *q_text(fx_t *f, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql, *v;
-    va_list ap;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
-    v = strdup(sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL
-                   ? (const char *)sqlite3_column_text(st, 0)
-                   : "");
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
-}
-
 static void assert_q_text(fx_t *f, const char *want, const char *sql)
 {
-    char *got = q_text(f, "%s", sql);
+    char *got = live_q_text(f->db, "%s", sql);
     bool same = strcmp(got, want) == 0;
 
     if (!same)
@@ -427,20 +241,22 @@ static void assert_q_text(fx_t *f, const char *want, const char *sql)
 /* The "result" of every delivery attempt in the lineage, comma-separated, oldest first. */
 static char *attempt_results(fx_t *f)
 {
-    return q_text(f, "SELECT group_concat(json_extract(detail, '$.result'), ',') FROM "
-                     "(SELECT detail FROM alert_history WHERE kind = 'delivery' ORDER BY id)");
+    return live_q_text(f->db,
+                       "SELECT group_concat(json_extract(detail, '$.result'), ',') FROM "
+                       "(SELECT detail FROM alert_history WHERE kind = 'delivery' ORDER BY id)");
 }
 
 static bool all_finished(fx_t *f)
 {
-    return q_int(f, "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
+    return live_q_int(f->db,
+                      "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
                0 &&
-           q_int(f, "SELECT count(*) FROM deliveries") > 0;
+           live_q_int(f->db, "SELECT count(*) FROM deliveries") > 0;
 }
 
 static bool one_sent(fx_t *f)
 {
-    return q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 1;
+    return live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 1;
 }
 
 static bool one_request(fx_t *f)
@@ -450,7 +266,7 @@ static bool one_request(fx_t *f)
 
 static bool two_attempts(fx_t *f)
 {
-    return q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'") >= 2;
+    return live_q_int(f->db, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'") >= 2;
 }
 
 static bool idle_called(fx_t *f)
@@ -496,7 +312,7 @@ static void assert_no_secret_logged(fx_t *f)
 
 static void raise_event(fx_t *f, const char *kind, const char *fields)
 {
-    assert_int_equal(al_engine_event(f->e, kind, -1, fields, wall_ms()), 0);
+    assert_int_equal(al_engine_event(f->e, kind, -1, fields, live_wall_ms()), 0);
     al_sender_kick(f->s);
 }
 
@@ -514,7 +330,7 @@ static void raised_alert_is_delivered_with_the_spec_body_and_idempotency_key(voi
         "version", "alert_id", "delivery_id", "dedup_key",        "tier",  "status", "event",
         "labels",  "summary",  "started_at",  "escalation_level", "count", "source"};
     fx_t *f = *state;
-    uint64_t t0 = wall_ms();
+    uint64_t t0 = live_wall_ms();
     json_t *reqs, *req, *body;
     char *did, *want_ua = NULL;
     const char *raw, *prev;
@@ -525,7 +341,7 @@ static void raised_alert_is_delivered_with_the_spec_body_and_idempotency_key(voi
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 1);
     req = json_array_get(reqs, 0);
-    did = q_text(f, "SELECT delivery_id FROM deliveries");
+    did = live_q_text(f->db, "SELECT delivery_id FROM deliveries");
     assert_string_equal(json_string_value(json_object_get(req, "method")), "POST");
     assert_string_equal(json_string_value(json_object_get(req, "path")), "/hook?token=SECRET");
     assert_string_equal(req_header(req, "Idempotency-Key"), did);
@@ -565,8 +381,8 @@ static void raised_alert_is_delivered_with_the_spec_body_and_idempotency_key(voi
     print_message("event -> receiver: %.1f ms\n", latency_ms);
     assert_true(latency_ms < 1000.0);
     assert_q_text(f, "sent", "SELECT status FROM deliveries");
-    assert_int_equal(q_int(f, "SELECT attempts FROM deliveries"), 1);
-    assert_int_equal(q_int(f, "SELECT last_code FROM deliveries"), 200);
+    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries"), 1);
+    assert_int_equal(live_q_int(f->db, "SELECT last_code FROM deliveries"), 200);
     assert_int_equal(counter(f, "hook", "sent"), 1);
     assert_int_equal(counter(f, "hook", "retry"), 0);
     assert_int_equal(counter(f, "log", "sent"), 0); /* configured channels show, zeros included */
@@ -597,7 +413,7 @@ static void a_500_is_retried_with_the_same_delivery_id(void **state)
     assert_true(run_until(f, one_sent, 5000));
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 2);
-    did = q_text(f, "SELECT delivery_id FROM deliveries");
+    did = live_q_text(f->db, "SELECT delivery_id FROM deliveries");
     k0 = req_header(json_array_get(reqs, 0), "Idempotency-Key");
     k1 = req_header(json_array_get(reqs, 1), "Idempotency-Key");
     assert_string_equal(k0, did);
@@ -605,7 +421,7 @@ static void a_500_is_retried_with_the_same_delivery_id(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             json_object_get(json_array_get(reqs, 1), "json"), "delivery_id")),
                         did);
-    assert_int_equal(q_int(f, "SELECT attempts FROM deliveries"), 2);
+    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries"), 2);
     results = attempt_results(f);
     assert_string_equal(results, "retry,ok");
     assert_q_text(f, "500",
@@ -672,7 +488,7 @@ static void a_hang_on_p2_is_recorded_as_ambiguous_and_not_resent(void **state)
     raise_event(f, "host_down", HOST("users", "10.0.0.1:80")); /* P2 */
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "ambiguous", "SELECT status FROM deliveries");
-    err = q_text(f, "SELECT last_error FROM deliveries");
+    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_non_null(strstr(err, "after the request was sent"));
     assert_int_equal(rcv_count(&f->rcv), 1);
     assert_int_equal(counter(f, "hook", "ambiguous"), 1);
@@ -719,7 +535,7 @@ static void connect_refused_is_a_plain_retry_even_on_p2(void **state)
     assert_true(run_until(f, two_attempts, 5000));
     results = attempt_results(f);
     assert_int_equal(strncmp(results, "retry,retry", 11), 0);
-    err = q_text(f, "SELECT last_error FROM deliveries");
+    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_int_equal(strncmp(err, "not sent: ", 10), 0);
     assert_true(counter(f, "hook", "retry") >= 2);
     assert_no_secret_logged(f);
@@ -827,8 +643,8 @@ static void a_grouped_notification_is_one_request_per_alert(void **state)
     raise_event(f, "host_down", HOST("users", "10.0.0.3:80"));
     f->tick = true; /* the group is flushed by al_engine_tick() */
     assert_true(run_until(f, three_requests, 5000));
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 1);
-    did = q_text(f, "SELECT delivery_id FROM deliveries");
+    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries"), 1);
+    did = live_q_text(f->db, "SELECT delivery_id FROM deliveries");
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 3);
     for (size_t i = 0; i < 3; i++) {
@@ -858,7 +674,7 @@ static void closed_without_reply_after_sending_is_ambiguous(void **state)
     raise_event(f, "host_down", HOST("users", "10.0.0.1:80")); /* P2 */
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "ambiguous", "SELECT status FROM deliveries");
-    err = q_text(f, "SELECT last_error FROM deliveries");
+    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_non_null(strstr(err, "connection ended after the request was sent"));
     assert_int_equal(rcv_count(&f->rcv), 1);
     free(err);
@@ -879,8 +695,8 @@ static void a_404_fails_at_once_as_a_broken_channel(void **state)
     raise_event(f, "breaker_open", BREAKER("users")); /* P1: retried if it were retryable */
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "failed", "SELECT status FROM deliveries");
-    assert_int_equal(q_int(f, "SELECT attempts FROM deliveries"), 1);
-    err = q_text(f, "SELECT last_error FROM deliveries");
+    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries"), 1);
+    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_string_equal(err, "HTTP 404: {\"error\":\"injected\"}");
     assert_int_equal(counter(f, "hook", "broken"), 1);
     assert_int_equal(rcv_count(&f->rcv), 1);
@@ -958,16 +774,17 @@ static void at_most_32_deliveries_are_in_flight(void **state)
     assert_true(run_until(f, max_requests, 5000));
     run_until(f, never, 300);
     if (rcv_count(&f->rcv) != AL_SENDER_MAX_INFLIGHT) {
-        char *st = q_text(f, "SELECT group_concat(status || ' ' || attempts || ' ' || "
-                             "ifnull(last_error, '-'), '; ') FROM deliveries");
+        char *st = live_q_text(f->db, "SELECT group_concat(status || ' ' || attempts || ' ' || "
+                                      "ifnull(last_error, '-'), '; ') FROM deliveries");
         print_message("deliveries: %s\n", st);
         free(st);
     }
     assert_int_equal(rcv_count(&f->rcv), AL_SENDER_MAX_INFLIGHT);
     assert_int_equal(al_sender_inflight(f->s), AL_SENDER_MAX_INFLIGHT);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'sending'"),
+    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sending'"),
                      AL_SENDER_MAX_INFLIGHT);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 8);
+    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
+                     8);
     /* teardown closes the sender with 32 sends in flight */
 }
 
@@ -984,7 +801,7 @@ static void drain_reports_idle_once_everything_due_was_sent(void **state)
     raise_event(f, "no_healthy_hosts", "{\"upstream\":\"users\",\"hosts\":2,\"hosts_down\":2}");
     al_sender_drain(f->s, on_idle, f);
     assert_true(run_until(f, idle_called, 5000));
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 2);
+    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 2);
     assert_int_equal(al_sender_inflight(f->s), 0);
 }
 
