@@ -272,10 +272,11 @@ int al_silences_json(al_engine_t *e, uint64_t now_ms, bool include_expired, char
 /* ---- the outbox, for the sender (delivery loop) ---- */
 
 typedef enum al_notify_kind {
-    AL_NOTIFY_FIRING = 0, /* first notification (or owed one sent after a silence/inhibition) */
-    AL_NOTIFY_ESCALATED,  /* moved one tier up, sent to the new tier's channels */
-    AL_NOTIFY_REPEAT,     /* repeat of an unacknowledged alert */
-    AL_NOTIFY_RESOLVED,   /* to every channel that was notified */
+    AL_NOTIFY_FIRING = 0,   /* first notification (or owed one sent after a silence/inhibition) */
+    AL_NOTIFY_ESCALATED,    /* moved one tier up, sent to the new tier's channels */
+    AL_NOTIFY_REPEAT,       /* repeat of an unacknowledged alert */
+    AL_NOTIFY_RESOLVED,     /* to every channel that was notified */
+    AL_NOTIFY_ACKNOWLEDGED, /* to incident channels (pagerduty, opsgenie) that were notified */
     AL_NOTIFY_KIND_COUNT
 } al_notify_kind_t;
 

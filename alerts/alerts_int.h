@@ -152,6 +152,9 @@
     XX(DLV_FIRING_MEMBERS,                                                                         \
        "SELECT count(*) FROM delivery_alerts m JOIN alerts a ON a.id = m.alert_id "                \
        "WHERE m.delivery = ?1 AND a.status = 'firing'")                                            \
+    XX(DLV_ACKED_MEMBERS,                                                                          \
+       "SELECT count(*) FROM delivery_alerts m JOIN alerts a ON a.id = m.alert_id "                \
+       "WHERE m.delivery = ?1 AND a.status = 'acknowledged'")                                      \
     XX(DLV_NEXT_PENDING, "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'")   \
     XX(DLV_NEXT_LEASE, "SELECT min(lease_until) FROM deliveries WHERE status = 'sending'")         \
     XX(DLV_DEPTH, "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending') + "           \
@@ -379,6 +382,9 @@ int al_queue_flush(al_engine_t *e, uint64_t now_ms);
 int al_notify_locked(al_engine_t *e, al_alert_t *a, al_notify_kind_t kind, uint64_t now_ms,
                      bool may_group);
 int al_notify_resolved_locked(al_engine_t *e, al_alert_t *a, uint64_t now_ms);
+/* After an ack: an "acknowledged" row to every incident channel (pagerduty, opsgenie: providers
+ * that page on their own until told) that was (or may have been) notified about a. */
+int al_notify_acked_locked(al_engine_t *e, al_alert_t *a, uint64_t now_ms);
 /* Cancels pending deliveries of a firing kind whose alerts are all no longer firing. */
 int al_cancel_pending_locked(al_engine_t *e, int64_t id, uint64_t now_ms, int *cancelled);
 int al_notes_flush_locked(al_engine_t *e, uint64_t now_ms);

@@ -21,7 +21,9 @@
  *
  * Card: header (title, colour by tier: red P0, orange P1, yellow P2, green resolved, blue
  * acknowledged), one plain_text div per alert (plain text: summaries cannot inject markup), an
- * "Acknowledge" button per alert when there is a link, and a note "Breakwater · SOURCE".
+ * "Acknowledge" button per alert when there is a link, alerts separated by an hr; at most
+ * AL_RENDER_SHOWN_MAX (5) alerts within BODY_BUDGET (al_render_blocks), then a div "…and N more
+ * alerts" for the rest, and a note "Breakwater · SOURCE".
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -30,7 +32,7 @@
 
 #include "channel_int.h"
 
-#define BODY_BUDGET 18000 /* bytes of card elements (Feishu takes 20 KB per request) */
+#define BODY_BUDGET 18000 /* bytes of the alerts' elements and the "more" line (Feishu: 20 KB) */
 #define ALERT_MAX 3000    /* bytes of one alert's text */
 #define TITLE_MAX 200
 #define LINK_MAX 1024
@@ -93,54 +95,41 @@ static int add_alert(const al_channel_ctx_t *ctx, const al_message_t *m, const a
     return 0;
 }
 
-/* Bytes of j as sent (0 out of memory). */
-static size_t json_size(const json_t *j)
+/* The elements of one alert, after an hr unless it is the first; or the "more" line after an
+ * hr (al_render_blocks). */
+static json_t *alert_elements(const al_channel_ctx_t *ctx, const al_message_t *m,
+                              const al_alert_view_t *v, const char *more, size_t shown)
 {
-    char *text = json_dumps(j, JSON_COMPACT);
-    size_t n = text != NULL ? strlen(text) : 0;
+    json_t *els = json_array();
 
-    free(text);
-    return n;
+    if (els == NULL ||
+        (shown > 0 && json_array_append_new(els, json_pack("{s:s}", "tag", "hr")) != 0))
+        goto fail;
+    if (v == NULL) {
+        if (json_array_append_new(els,
+                                  json_pack("{s:s, s:o}", "tag", "div", "text", plain(more))) != 0)
+            goto fail;
+    } else if (add_alert(ctx, m, v, els) != 0) {
+        goto fail;
+    }
+    return els;
+fail:
+    json_decref(els);
+    return NULL;
 }
 
 static json_t *card(const al_channel_ctx_t *ctx, const al_message_t *m)
 {
     char title[TITLE_MAX], note[256];
     json_t *elements = json_array(), *c = NULL;
-    size_t used = 0, shown = 0;
 
     if (elements == NULL)
         return NULL;
     al_message_title(m, title, sizeof(title));
-    for (size_t i = 0; i < m->nalerts; i++) {
-        al_alert_view_t v;
-        json_t *els;
-        size_t n;
-        if (al_alert_view(ctx, m, i, &v) != 0)
-            continue;
-        els = json_array();
-        if (els == NULL ||
-            (shown > 0 && json_array_append_new(els, json_pack("{s:s}", "tag", "hr")) != 0) ||
-            add_alert(ctx, m, &v, els) != 0 || (n = json_size(els)) == 0) {
-            json_decref(els);
-            goto done;
-        }
-        if (shown > 0 && used + n > BODY_BUDGET) {
-            json_decref(els);
-            break;
-        }
-        used += n;
-        shown++;
-        json_array_extend(elements, els);
-        json_decref(els);
-    }
-    if (shown < m->nalerts)
-        snprintf(note, sizeof(note),
-                 AL_ELLIPSIS "and %zu more" AL_MIDDOT "Breakwater" AL_MIDDOT "%s",
-                 m->nalerts - shown, ctx->source != NULL ? ctx->source : "");
-    else
-        snprintf(note, sizeof(note), "Breakwater" AL_MIDDOT "%s",
-                 ctx->source != NULL ? ctx->source : "");
+    if (al_render_blocks(ctx, m, elements, alert_elements, BODY_BUDGET, m->nalerts) < 0)
+        goto done;
+    snprintf(note, sizeof(note), "Breakwater" AL_MIDDOT "%s",
+             ctx->source != NULL ? ctx->source : "");
     if (json_array_append_new(
             elements, json_pack("{s:s, s:[o]}", "tag", "note", "elements", plain(note))) != 0)
         goto done;

@@ -113,6 +113,28 @@ typedef void (*al_alert_render_fn)(const al_channel_ctx_t *ctx, const al_message
 size_t al_render_alerts(const al_channel_ctx_t *ctx, const al_message_t *m, al_buf_t *b,
                         al_alert_render_fn fn, size_t max_alerts);
 
+/* The words of al_render_alerts' "more" line without its layout: "…and N more alerts" ("…and 1
+ * more alert") for a message of nalerts that spells out `shown` of them, into buf (cap bytes;
+ * AL_RENDER_MORE_MAX is enough). Returns its length; 0 (buf "") when none are left out. */
+size_t al_render_more(size_t nalerts, size_t shown, char *buf, size_t cap);
+
+/* One alert, or the "more" line (v NULL, text its words), as JSON blocks for a provider that
+ * lays a message out as blocks (Slack sections, Feishu card elements, Teams Adaptive Card
+ * elements): an object, or an array of them (appended one by one). `shown`: how many alerts
+ * come before it. NULL when out of memory. */
+typedef json_t *(*al_alert_block_fn)(const al_channel_ctx_t *ctx, const al_message_t *m,
+                                     const al_alert_view_t *v, const char *text, size_t shown);
+
+/* al_render_alerts for block layouts: appends to blocks (a JSON array) the message's alerts,
+ * each built by fn, while what they add to the array's compact JSON stays within budget bytes
+ * (less room for the "more" block when there is more than one alert; the first alert always
+ * goes in) and at most min(max_alerts, AL_RENDER_SHOWN_MAX) of them. When some are left out it
+ * appends fn's block for the al_render_more line itself, within budget.
+ * Returns how many alerts the blocks account for (m->nalerts once the "more" block is in, else
+ * how many were appended), or -1 when out of memory. */
+long al_render_blocks(const al_channel_ctx_t *ctx, const al_message_t *m, json_t *blocks,
+                      al_alert_block_fn fn, size_t budget, size_t max_alerts);
+
 /* Appends "since STARTED_AT · count N · escalation L · flapping" (count only above 1, escalation
  * only above 0, flapping only when set), with sep between the parts (" · " in chat). */
 bool al_facts_text(al_buf_t *b, const al_alert_view_t *v, const char *sep);

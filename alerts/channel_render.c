@@ -302,6 +302,91 @@ size_t al_render_alerts(const al_channel_ctx_t *ctx, const al_message_t *m, al_b
     return b->oom ? shown : m->nalerts;
 }
 
+size_t al_render_more(size_t nalerts, size_t shown, char *buf, size_t cap)
+{
+    int n;
+
+    if (cap == 0)
+        return 0;
+    buf[0] = '\0';
+    if (shown >= nalerts)
+        return 0;
+    n = snprintf(buf, cap, AL_ELLIPSIS "and %zu more alert%s", nalerts - shown,
+                 nalerts - shown == 1 ? "" : "s");
+    if (n < 0) {
+        buf[0] = '\0';
+        return 0;
+    }
+    if ((size_t)n >= cap) /* snprintf cut at a byte */
+        buf[al_utf8_prefix(buf, cap - 1, cap - 1)] = '\0';
+    return strlen(buf);
+}
+
+/* Bytes the blocks j add to an array's compact JSON (its elements and their commas; an upper
+ * bound by one), or 0 when out of memory. */
+static size_t blocks_size(const json_t *j)
+{
+    char *dump = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    size_t n = dump != NULL ? strlen(dump) + 1 : 0;
+
+    free(dump);
+    return n;
+}
+
+static int append_blocks(json_t *blocks, json_t *j)
+{
+    int r = json_is_array(j) ? json_array_extend(blocks, j) : json_array_append(blocks, j);
+
+    json_decref(j);
+    return r;
+}
+
+long al_render_blocks(const al_channel_ctx_t *ctx, const al_message_t *m, json_t *blocks,
+                      al_alert_block_fn fn, size_t budget, size_t max_alerts)
+{
+    size_t shown = 0, used = 0, reserve = 0, n;
+    char more[AL_RENDER_MORE_MAX];
+    json_t *j;
+
+    if (max_alerts > AL_RENDER_SHOWN_MAX)
+        max_alerts = AL_RENDER_SHOWN_MAX;
+    /* Keep room for the "more" block when there may be one: the largest it can be (the most
+     * alerts left out, the most digits) once at least one alert is shown. */
+    if (m->nalerts > 1) {
+        al_render_more(m->nalerts, 1, more, sizeof(more));
+        reserve = blocks_size(j = fn(ctx, m, NULL, more, 1));
+        json_decref(j);
+        if (reserve == 0)
+            return -1;
+    }
+    for (size_t i = 0; i < m->nalerts && shown < max_alerts; i++) {
+        al_alert_view_t v;
+
+        if (al_alert_view(ctx, m, i, &v) != 0)
+            continue;
+        j = fn(ctx, m, &v, NULL, shown);
+        if ((n = blocks_size(j)) == 0) {
+            json_decref(j);
+            return -1;
+        }
+        if (shown > 0 && used + n + reserve > budget) {
+            json_decref(j);
+            break;
+        }
+        if (append_blocks(blocks, j) != 0)
+            return -1;
+        used += n;
+        shown++;
+    }
+    if (shown == 0 || shown >= m->nalerts)
+        return (long)shown;
+    al_render_more(m->nalerts, shown, more, sizeof(more));
+    j = fn(ctx, m, NULL, more, shown);
+    if (j == NULL || append_blocks(blocks, j) != 0)
+        return -1;
+    return (long)m->nalerts;
+}
+
 bool al_facts_text(al_buf_t *b, const al_alert_view_t *v, const char *sep)
 {
     bool ok = al_buf_printf(b, "since %s", *v->started_at ? v->started_at : "?");

@@ -19,8 +19,9 @@
  *
  * Message: a header block with the title ("[P1] FIRING: ..."), one section per alert (summary in
  * bold, dedup key, labels, since/count/escalation, the ack link when there is one), at most
- * SECTIONS_MAX sections and BODY_BUDGET bytes, then a context block "Breakwater · SOURCE" that
- * also says how many alerts did not fit.
+ * AL_RENDER_SHOWN_MAX (5) of them within BODY_BUDGET bytes (al_render_blocks), then a section
+ * "…and N more alerts" for the rest, then a context block "Breakwater · SOURCE": at most 8
+ * blocks.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,7 @@
 
 #define HEADER_MAX 150    /* bytes; Slack counts characters, so bytes are the safe bound */
 #define SECTION_MAX 2900  /* under Slack's 3000 characters per section */
-#define SECTIONS_MAX 45   /* + header + context, under Slack's 50 blocks */
-#define BODY_BUDGET 30000 /* bytes of section text in one message */
+#define BODY_BUDGET 30000 /* bytes of section blocks (JSON) in one message */
 #define LINK_MAX 1024
 
 /* Appends s with Slack's three mrkdwn escapes. */
@@ -83,40 +83,6 @@ static json_t *mrkdwn(const char *text)
     return json_pack("{s:s, s:s}", "type", "mrkdwn", "text", text);
 }
 
-/* Appends the section blocks; returns how many alerts were left out (or -1 out of memory). */
-static long add_sections(const al_channel_ctx_t *ctx, const al_message_t *m, json_t *blocks)
-{
-    size_t used = 0, shown = 0;
-
-    for (size_t i = 0; i < m->nalerts; i++) {
-        al_alert_view_t v;
-        char *text;
-        size_t len;
-
-        if (al_alert_view(ctx, m, i, &v) != 0)
-            continue;
-        if (shown >= SECTIONS_MAX)
-            break;
-        text = section_text(ctx, m, &v);
-        if (text == NULL)
-            return -1;
-        len = strlen(text);
-        if (shown > 0 && used + len > BODY_BUDGET) {
-            free(text);
-            break;
-        }
-        used += len;
-        if (json_array_append_new(
-                blocks, json_pack("{s:s, s:o}", "type", "section", "text", mrkdwn(text))) != 0) {
-            free(text);
-            return -1;
-        }
-        free(text);
-        shown++;
-    }
-    return (long)(m->nalerts - shown);
-}
-
 /* mrkdwn of text, escaped (NULL out of memory). */
 static json_t *escaped_mrkdwn(const char *text)
 {
@@ -130,12 +96,29 @@ static json_t *escaped_mrkdwn(const char *text)
     return o;
 }
 
+/* The section of one alert, or the "more" section (al_render_blocks). */
+static json_t *section(const al_channel_ctx_t *ctx, const al_message_t *m, const al_alert_view_t *v,
+                       const char *more, size_t shown)
+{
+    char *text;
+    json_t *s;
+
+    (void)shown;
+    if (v == NULL)
+        return json_pack("{s:s, s:o}", "type", "section", "text", escaped_mrkdwn(more));
+    text = section_text(ctx, m, v);
+    if (text == NULL)
+        return NULL;
+    s = json_pack("{s:s, s:o}", "type", "section", "text", mrkdwn(text));
+    free(text);
+    return s;
+}
+
 static json_t *slack_body(const al_channel_ctx_t *ctx, const al_message_t *m)
 {
     char title[HEADER_MAX + 1], fallback[512], footer[256];
     json_t *blocks = json_array(), *text = NULL, *body = NULL;
     const char *source = ctx->source != NULL ? ctx->source : "breakwater";
-    long left;
 
     al_message_title(m, title, sizeof(title));
     al_message_title(m, fallback, sizeof(fallback));
@@ -144,14 +127,9 @@ static json_t *slack_body(const al_channel_ctx_t *ctx, const al_message_t *m)
                               json_pack("{s:s, s:{s:s, s:s, s:b}}", "type", "header", "text",
                                         "type", "plain_text", "text", title, "emoji", 1)) != 0)
         goto done;
-    left = add_sections(ctx, m, blocks);
-    if (left < 0)
+    if (al_render_blocks(ctx, m, blocks, section, BODY_BUDGET, m->nalerts) < 0)
         goto done;
-    if (left > 0)
-        snprintf(footer, sizeof(footer),
-                 AL_ELLIPSIS "and %ld more" AL_MIDDOT "Breakwater" AL_MIDDOT "%s", left, source);
-    else
-        snprintf(footer, sizeof(footer), "Breakwater" AL_MIDDOT "%s", source);
+    snprintf(footer, sizeof(footer), "Breakwater" AL_MIDDOT "%s", source);
     if (json_array_append_new(blocks, json_pack("{s:s, s:[o?]}", "type", "context", "elements",
                                                 escaped_mrkdwn(footer))) != 0)
         goto done;

@@ -18,7 +18,9 @@
  *
  * Card: the title as a bold TextBlock (colour by state), one Container per alert with the
  * summary, a FactSet (key, labels, since, count, escalation) and an Acknowledge Action.OpenUrl
- * when there is a link; "...and N more" and "Breakwater · SOURCE" at the end.
+ * when there is a link; at most AL_RENDER_SHOWN_MAX (5) alerts within BODY_BUDGET
+ * (al_render_blocks), then a TextBlock "…and N more alerts" for the rest, and "Breakwater ·
+ * SOURCE" at the end.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +28,7 @@
 
 #include "channel_int.h"
 
-#define BODY_BUDGET 20000 /* bytes of card body (Teams takes about 28 KB per message) */
+#define BODY_BUDGET 20000 /* bytes of the alerts and the "more" line (Teams: about 28 KB) */
 #define FACT_MAX 1000     /* bytes of one fact's value */
 #define TITLE_MAX 256
 #define LINK_MAX 1024
@@ -103,6 +105,23 @@ static json_t *container(const al_channel_ctx_t *ctx, const al_message_t *m,
     return c;
 }
 
+/* The Container of one alert, or the "more" line (al_render_blocks). */
+static json_t *alert_block(const al_channel_ctx_t *ctx, const al_message_t *m,
+                           const al_alert_view_t *v, const char *more, size_t shown)
+{
+    json_t *tb;
+
+    (void)shown;
+    if (v != NULL)
+        return container(ctx, m, v);
+    tb = text_block(more, "Default");
+    if (tb != NULL && json_object_set_new(tb, "separator", json_true()) != 0) {
+        json_decref(tb);
+        return NULL;
+    }
+    return tb;
+}
+
 static const char *title_color(const al_message_t *m)
 {
     const char *word = al_message_word(m);
@@ -118,7 +137,6 @@ static json_t *card_body(const al_channel_ctx_t *ctx, const al_message_t *m)
 {
     char title[TITLE_MAX], footer[256];
     json_t *body = json_array(), *tb;
-    size_t used = 0, shown = 0;
 
     al_message_title(m, title, sizeof(title));
     tb = text_block(title, "Bolder");
@@ -128,37 +146,12 @@ static json_t *card_body(const al_channel_ctx_t *ctx, const al_message_t *m)
         json_decref(body);
         return NULL;
     }
-    for (size_t i = 0; i < m->nalerts; i++) {
-        al_alert_view_t v;
-        json_t *c;
-        char *dump;
-        size_t len;
-        if (al_alert_view(ctx, m, i, &v) != 0)
-            continue;
-        c = container(ctx, m, &v);
-        dump = c != NULL ? json_dumps(c, JSON_COMPACT) : NULL;
-        len = dump != NULL ? strlen(dump) : 0;
-        free(dump);
-        if (c == NULL || len == 0) {
-            json_decref(c);
-            json_decref(body);
-            return NULL;
-        }
-        if (shown > 0 && used + len > BODY_BUDGET) {
-            json_decref(c);
-            break;
-        }
-        used += len;
-        shown++;
-        json_array_append_new(body, c);
+    if (al_render_blocks(ctx, m, body, alert_block, BODY_BUDGET, m->nalerts) < 0) {
+        json_decref(body);
+        return NULL;
     }
-    if (shown < m->nalerts)
-        snprintf(footer, sizeof(footer),
-                 AL_ELLIPSIS "and %zu more" AL_MIDDOT "Breakwater" AL_MIDDOT "%s",
-                 m->nalerts - shown, ctx->source != NULL ? ctx->source : "");
-    else
-        snprintf(footer, sizeof(footer), "Breakwater" AL_MIDDOT "%s",
-                 ctx->source != NULL ? ctx->source : "");
+    snprintf(footer, sizeof(footer), "Breakwater" AL_MIDDOT "%s",
+             ctx->source != NULL ? ctx->source : "");
     tb = text_block(footer, "Default");
     if (tb == NULL || json_object_set_new(tb, "isSubtle", json_true()) != 0 ||
         json_array_append_new(body, tb) != 0) {

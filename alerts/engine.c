@@ -91,7 +91,7 @@ const char *al_tier_name(int tier)
 const char *al_notify_kind_name(al_notify_kind_t k)
 {
     static const char *const names[AL_NOTIFY_KIND_COUNT] = {"firing", "escalated", "repeat",
-                                                            "resolved"};
+                                                            "resolved", "acknowledged"};
     return (unsigned)k < AL_NOTIFY_KIND_COUNT ? names[k] : NULL;
 }
 
@@ -689,6 +689,8 @@ int al_engine_ack(al_engine_t *e, int64_t id, const char *by, uint64_t now_ms)
         r = al_history_add(
             e, a.id, now_ms, "acknowledged",
             json_pack("{s:s, s:i}", "by", a.acked_by, "cancelled_deliveries", cancelled));
+    if (r == 0)
+        r = al_notify_acked_locked(e, &a, now_ms);
     al_alert_dispose(&a);
     if (r == 0)
         return al_txn_commit(e);

@@ -16,6 +16,9 @@
  *       with up to AL_GROUP_MAX alerts, so alerts stepped together share a message
  *   al_notify_resolved_locked(alert): one row per channel that was (or may have been) notified
  *       about the alert, unless muted.
+ *   al_notify_acked_locked(alert): the same for incident channels only (pagerduty, opsgenie):
+ *       they page on their own until told, so an ack in Breakwater must reach them; chat
+ *       channels are not told (the repeats stop, which is what people see).
  *
  * Inhibition rules (fixed, topology-driven): an active no_healthy_hosts{upstream=X} mutes
  * host_down{upstream=X,...} (the upstream's page covers its hosts); an active crash_loop mutes
@@ -310,9 +313,22 @@ int al_notify_locked(al_engine_t *e, al_alert_t *a, al_notify_kind_t kind, uint6
 }
 
 /* Resolved notifications: one per channel that was (or may have been) notified about a. */
-int al_notify_resolved_locked(al_engine_t *e, al_alert_t *a, uint64_t now)
+/* Providers with an incident lifecycle of their own (they escalate until acknowledged). */
+static bool incident_channel(const al_engine_t *e, const char *name)
+{
+    for (size_t i = 0; i < e->cfg->nchannels; i++)
+        if (strcmp(e->cfg->channels[i].name, name) == 0)
+            return e->cfg->channels[i].type == GW_CHANNEL_PAGERDUTY ||
+                   e->cfg->channels[i].type == GW_CHANNEL_OPSGENIE;
+    return false;
+}
+
+/* A `kind` row (resolved or acknowledged) to each channel that was (or may have been) notified
+ * about a (for acknowledged: incident channels only), unless a silence or inhibition mutes it. */
+static int notify_told_channels(al_engine_t *e, al_alert_t *a, al_notify_kind_t kind, uint64_t now)
 {
     sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_NOTIFIED_CHANNELS);
+    const char *kname = al_notify_kind_name(kind);
     char *names[64], uuid[37];
     size_t n = 0;
     uint64_t sil_end;
@@ -322,7 +338,10 @@ int al_notify_resolved_locked(al_engine_t *e, al_alert_t *a, uint64_t now)
 
     sqlite3_bind_int64(st, 1, a->id);
     while (n < 64 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        names[n] = strdup((const char *)sqlite3_column_text(st, 0));
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        if (kind == AL_NOTIFY_ACKNOWLEDGED && !incident_channel(e, name))
+            continue;
+        names[n] = strdup(name);
         if (names[n] == NULL) {
             r = AL_DB_ENOMEM;
             break;
@@ -338,7 +357,7 @@ int al_notify_resolved_locked(al_engine_t *e, al_alert_t *a, uint64_t now)
     if (r == 0 && (sil != 0 || inh != 0)) {
         r = al_history_add(
             e, a->id, now, "suppressed",
-            json_pack("{s:s, s:I, s:I}", "kind", "resolved", sil != 0 ? "silence" : "inhibited_by",
+            json_pack("{s:s, s:I, s:I}", "kind", kname, sil != 0 ? "silence" : "inhibited_by",
                       (json_int_t)(sil != 0 ? sil : inh), "channels", (json_int_t)n));
         goto out;
     }
@@ -347,14 +366,14 @@ int al_notify_resolved_locked(al_engine_t *e, al_alert_t *a, uint64_t now)
     if (r == 0 && (channels == NULL || dids == NULL))
         r = AL_DB_ENOMEM;
     for (size_t i = 0; r == 0 && i < n; i++) {
-        r = write_delivery(e, names[i], AL_NOTIFY_RESOLVED, a->tier, &a->id, 1, now, uuid);
+        r = write_delivery(e, names[i], kind, a->tier, &a->id, 1, now, uuid);
         if (r == 0 && (json_array_append_new(channels, json_string(names[i])) != 0 ||
                        json_array_append_new(dids, json_string(uuid)) != 0))
             r = AL_DB_ENOMEM;
     }
     if (r == 0)
         r = al_history_add(e, a->id, now, "notified",
-                           json_pack("{s:s, s:s, s:O, s:O, s:i}", "kind", "resolved", "tier",
+                           json_pack("{s:s, s:s, s:O, s:O, s:i}", "kind", kname, "tier",
                                      al_tier_name(a->tier), "channels", channels, "delivery_ids",
                                      dids, "group_size", 1));
 out:
@@ -363,6 +382,16 @@ out:
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     return r;
+}
+
+int al_notify_resolved_locked(al_engine_t *e, al_alert_t *a, uint64_t now)
+{
+    return notify_told_channels(e, a, AL_NOTIFY_RESOLVED, now);
+}
+
+int al_notify_acked_locked(al_engine_t *e, al_alert_t *a, uint64_t now)
+{
+    return notify_told_channels(e, a, AL_NOTIFY_ACKNOWLEDGED, now);
 }
 
 /* Cancels pending deliveries of a firing kind that speak only about non-firing alerts. */

@@ -144,9 +144,13 @@ static int members(al_engine_t *e, int64_t id, int64_t *ids, size_t *n)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : al_db_translate(rc);
 }
 
-static int firing_members(al_engine_t *e, int64_t id, int64_t *count)
+/* Members of delivery d still worth telling about: firing ones, or for an acknowledgement the
+ * acknowledged ones (resolved meanwhile: the resolved notification says more). Not used for
+ * resolved notifications, which always go. */
+static int live_members(al_engine_t *e, int64_t id, int kind, int64_t *count)
 {
-    sqlite3_stmt *st = al_stmt(e, AL_ST_DLV_FIRING_MEMBERS);
+    sqlite3_stmt *st = al_stmt(e, kind == AL_NOTIFY_ACKNOWLEDGED ? AL_ST_DLV_ACKED_MEMBERS
+                                                                 : AL_ST_DLV_FIRING_MEMBERS);
 
     sqlite3_bind_int64(st, 1, id);
     return al_stmt_int(st, 0, count);
@@ -375,7 +379,8 @@ static int build_payload(al_engine_t *e, const dlv_t *d, uint32_t attempt, char 
             r = g;
         if (g != 1)
             continue;
-        if (d->kind == AL_NOTIFY_RESOLVED || a.status == AL_FIRING) {
+        if (d->kind == AL_NOTIFY_RESOLVED || a.status == AL_FIRING ||
+            (d->kind == AL_NOTIFY_ACKNOWLEDGED && a.status == AL_ACKED)) {
             json_t *o = al_alert_to_json(e, &a, false);
             if (o == NULL || json_object_set_new(o, "delivery_id", json_string(d->delivery_id)) ||
                 json_array_append_new(alerts, o) != 0)
@@ -426,7 +431,7 @@ static int may_send(al_engine_t *e, const dlv_t *d, uint64_t now, bool *go)
 
     *go = false;
     if (d->kind != AL_NOTIFY_RESOLVED) {
-        r = firing_members(e, d->id, &firing);
+        r = live_members(e, d->id, d->kind, &firing);
         if (r == 0 && firing == 0)
             return cancel_locked(e, d, "alerts acknowledged or resolved before the send", now);
     }
@@ -872,7 +877,7 @@ int al_outbox_check(al_engine_t *e, const al_delivery_t *d, uint64_t now_ms)
         r = 0; /* stale claim */
     } else if (row.kind == AL_NOTIFY_RESOLVED) {
         r = 1;
-    } else if ((r = firing_members(e, row.id, &firing)) == 0 && firing > 0) {
+    } else if ((r = live_members(e, row.id, row.kind, &firing)) == 0 && firing > 0) {
         r = 1;
     } else if (r == 0 && (r = al_txn_begin(e)) == 0) {
         r = cancel_locked(e, &row, "alerts acknowledged or resolved before the send", now_ms);

@@ -52,6 +52,15 @@ INSERT INTO deliveries_new (id, delivery_id, channel, kind, tier, status, create
            lease_until, attempts, last_attempt_at, last_code, last_error, finished_at
     FROM deliveries;
 
+-- Keep the AUTOINCREMENT counter: retention may have removed the newest rows, and ids must not
+-- be reused (the copy above only raised the new counter to the highest remaining id).
+UPDATE sqlite_sequence
+    SET seq = max(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'))
+    WHERE name = 'deliveries_new' AND EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'deliveries');
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'deliveries_new', seq FROM sqlite_sequence WHERE name = 'deliveries'
+    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'deliveries_new');
+
 DROP TABLE deliveries;
 ALTER TABLE deliveries_new RENAME TO deliveries;
 

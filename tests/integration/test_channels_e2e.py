@@ -695,10 +695,6 @@ def test_resolve_reaches_pagerduty_and_dingtalk_not_twilio(gw, fakes):
 
 # ---- 4. acknowledge on PagerDuty --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the engine writes no notification when an alert is "
-                   "acknowledged (docs/channels.md 'Acknowledged'), so PagerDuty's incident stays "
-                   "triggered and PagerDuty's own escalation keeps paging; channel_pagerduty.c "
-                   "would send event_action acknowledge for such a notification")
 def test_ack_by_link_acknowledges_the_pagerduty_incident(gw, fakes):
     fp = fakes()
     g = gw(config(fp, {"P0": (["pager"], None), "P1": (["pager"], None),

@@ -4,7 +4,8 @@
  * signature against a known answer computed independently with Python's hmac (Feishu's
  * documented algorithm, key and message the other way round from DingTalk:
  * base64(HMAC-SHA256(key=ts+"\n"+secret, msg="")), ts in seconds); the reply table (code under
- * HTTP 200, the old StatusCode shape, the gateway's 429).
+ * HTTP 200, the old StatusCode shape, the gateway's 429); a big group (five alerts, then
+ * "…and N more alerts" as al_render_blocks words it) within Feishu's 20 KB.
  */
 #include "test_alerts_channel_fixture.h"
 
@@ -109,30 +110,138 @@ static void secret_signs_the_body_like_feishu(void **state)
     fx_done(&f, j);
 }
 
-static void a_large_group_stays_under_20_kb(void **state)
+/* A firing P2 notification of n alerts, summaries "alert <i>:" followed by reps copies of unit
+ * (JSON text), each with a label. */
+static char *group_payload(int n, const char *unit, size_t reps)
 {
-    char summary[2001], *payload, *alerts = NULL;
+    char *payload = NULL, *alerts = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&alerts, &len);
+
+    assert_non_null(mem);
+    for (int i = 1; i <= n; i++) {
+        fprintf(mem,
+                "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"status\":\"firing\","
+                "\"labels\":{\"n\":\"%d\"},\"summary\":\"alert %d:",
+                i > 1 ? "," : "", i, i, i, i);
+        for (size_t r = 0; r < reps; r++)
+            fputs(unit, mem);
+        fputs("\"}", mem);
+    }
+    fclose(mem);
+    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
+    free(alerts);
+    return payload;
+}
+
+/* How many alert divs the card spells out (the "more" div and the note aside). */
+static size_t alert_divs(json_t *j)
+{
+    json_t *els = fx_at(j, "card.elements"), *el;
+    size_t i, n = 0;
+
+    json_array_foreach(els, i, el)
+    {
+        if (al_json_str_is(el, "tag", "div") &&
+            strncmp(fx_str(el, "text.content"), "alert ", 6) == 0)
+            n++;
+    }
+    return n;
+}
+
+static void group_of_eight_shows_five_then_three_more_alerts(void **state)
+{
+    char *payload = group_payload(8, "", 0), want[32];
+    json_t *j, *el;
+    fx_t f;
+
+    fx_install_ack_secret();
+    j = fx_build_json(&f, &al_channel_feishu, &signed_cfg, payload, GW_TIER_P2, true);
+    el = fx_at(j, "card.elements");
+    assert_string_equal(fx_str(j, "card.header.title.content"), "[P2] FIRING: 8 alerts");
+    /* five times (hr,) div, button; then hr, the "more" div, the note */
+    assert_int_equal(json_array_size(el), 5 * 2 + 4 + 3);
+    for (size_t i = 0; i < 5; i++) {
+        json_t *div = json_array_get(el, i * 3);
+        snprintf(want, sizeof(want), "alert %zu:\nk%zu", i + 1, i + 1);
+        assert_string_equal(fx_str(div, "tag"), "div");
+        assert_non_null(strstr(fx_str(div, "text.content"), want));
+        assert_string_equal(fx_str(json_array_get(el, i * 3 + 1), "tag"), "action");
+        assert_string_equal(fx_str(json_array_get(el, i * 3 + 2), "tag"), "hr");
+    }
+    assert_int_equal(alert_divs(j), 5);
+    assert_null(strstr(f.req.body, "alert 6:"));
+    assert_string_equal(fx_str(el, "15.tag"), "div");
+    assert_string_equal(fx_str(el, "15.text.tag"), "plain_text");
+    assert_string_equal(fx_str(el, "15.text.content"), AL_ELLIPSIS "and 3 more alerts");
+    assert_string_equal(fx_str(el, "16.tag"), "note");
+    assert_string_equal(fx_str(el, "16.elements.0.content"),
+                        "Breakwater" AL_MIDDOT "breakwater@host");
+    fx_done(&f, j);
+    free(payload);
+}
+
+/* The same words as al_render_alerts: one left is "1 more alert"; five are all shown. */
+static void the_more_line_says_alert_for_one_and_is_absent_when_all_fit(void **state)
+{
+    char *six = group_payload(6, "", 0), *five = group_payload(5, "", 0);
     json_t *j;
     fx_t f;
 
-    memset(summary, 'y', sizeof(summary) - 1);
-    summary[sizeof(summary) - 1] = '\0';
-    for (int i = 0; i < 50; i++)
-        fprintf(mem, "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"summary\":\"%s\"}",
-                i ? "," : "", i + 1, i, summary);
-    fclose(mem);
-    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
-    fx_init(&f, &signed_cfg, payload, GW_TIER_P2, false);
-    assert_int_equal(fx_build(&f, &al_channel_feishu, 0), 0);
-    assert_true(f.req.body_len < 20 * 1024);
-    j = fx_json(&f);
-    assert_string_equal(fx_str(j, "card.header.template"), "yellow");
-    assert_non_null(strstr(f.req.body, "more"));
+    j = fx_build_json(&f, &al_channel_feishu, &plain_cfg, six, GW_TIER_P2, false);
+    assert_int_equal(alert_divs(j), 5);
+    assert_string_equal(fx_str(j, "card.elements.10.text.content"), AL_ELLIPSIS "and 1 more alert");
     fx_done(&f, j);
-    free(payload);
-    free(alerts);
+    j = fx_build_json(&f, &al_channel_feishu, &plain_cfg, five, GW_TIER_P2, false);
+    assert_int_equal(alert_divs(j), 5);
+    assert_int_equal(json_array_size(fx_at(j, "card.elements")), 5 + 4 + 1);
+    assert_null(strstr(f.req.body, "more alert"));
+    fx_done(&f, j);
+    free(six);
+    free(five);
+}
+
+static void a_group_of_fifty_stays_under_20_kb(void **state)
+{
+    static const struct {
+        const char *unit;
+        size_t reps;
+        size_t shown; /* 0: fewer than five (the budget ends the list) */
+    } rows[] = {
+        {"", 0, 5},
+        {"y", 2000, 5},
+        {"\\\"", 3000, 0},    /* JSON escapes double each alert: the budget ends the list early */
+        {"\\u0001", 3000, 0}, /* six bytes a character in JSON */
+    };
+    char want[64];
+
+    fx_install_ack_secret();
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        char *payload = group_payload(50, rows[r].unit, rows[r].reps);
+        json_t *j, *el;
+        size_t shown, n;
+        fx_t f;
+
+        fx_init(&f, &signed_cfg, payload, GW_TIER_P2, true);
+        assert_int_equal(fx_build(&f, &al_channel_feishu, 0), 0);
+        if (f.req.body_len >= 20 * 1024)
+            fail_msg("row %zu: %zu bytes", r, f.req.body_len);
+        j = fx_json(&f);
+        assert_string_equal(fx_str(j, "card.header.template"), "yellow");
+        shown = alert_divs(j);
+        assert_true(shown >= 1 && shown <= 5);
+        if (rows[r].shown > 0)
+            assert_int_equal(shown, rows[r].shown);
+        else
+            assert_true(shown < 5);
+        el = fx_at(j, "card.elements");
+        n = json_array_size(el);
+        snprintf(want, sizeof(want), AL_ELLIPSIS "and %zu more alerts", 50 - shown);
+        assert_string_equal(fx_str(json_array_get(el, n - 2), "text.content"), want);
+        assert_string_equal(fx_str(json_array_get(el, n - 1), "tag"), "note");
+        fx_done(&f, j);
+        free(payload);
+    }
 }
 
 static void replies(void **state)
@@ -184,7 +293,9 @@ int main(void)
         cmocka_unit_test(resolved_is_green_and_acknowledged_blue_without_buttons),
         cmocka_unit_test(group_has_one_block_per_alert),
         cmocka_unit_test(secret_signs_the_body_like_feishu),
-        cmocka_unit_test(a_large_group_stays_under_20_kb),
+        cmocka_unit_test(group_of_eight_shows_five_then_three_more_alerts),
+        cmocka_unit_test(the_more_line_says_alert_for_one_and_is_absent_when_all_fit),
+        cmocka_unit_test(a_group_of_fifty_stays_under_20_kb),
         cmocka_unit_test(replies),
         cmocka_unit_test(registered_for_its_type),
     };

@@ -1,7 +1,8 @@
 /* test_alerts_channel_slack.c - alerts/channel_slack.c: Slack incoming webhooks.
  *
  * Message shape (text + header/section/context blocks) for a firing, a resolved, an
- * acknowledged and a grouped notification; mrkdwn escaping; the block and size bounds; and the
+ * acknowledged and a grouped notification; mrkdwn escaping; a big group (five sections, then
+ * "…and N more alerts" as al_render_blocks words it) and the block and size bounds; and the
  * reply table: only 200 "ok" is sent, 429 honours Retry-After or a JSON retry_after.
  */
 #include "test_alerts_channel_fixture.h"
@@ -36,6 +37,9 @@ static void firing_has_header_section_and_context_blocks(void **state)
     assert_string_equal(fx_str(j, "blocks.2.type"), "context");
     assert_string_equal(fx_str(j, "blocks.2.elements.0.text"),
                         "Breakwater" AL_MIDDOT "breakwater@host");
+    /* an unfurler fetching the ack link would acknowledge the alert */
+    assert_true(json_is_false(fx_at(j, "unfurl_links")));
+    assert_true(json_is_false(fx_at(j, "unfurl_media")));
     fx_done(&f, j);
 }
 
@@ -97,30 +101,128 @@ static void mrkdwn_control_characters_are_escaped(void **state)
     fx_done(&f, j);
 }
 
-static void group_of_fifty_stays_under_fifty_blocks(void **state)
+/* A firing P2 notification of n alerts, summaries "alert <i>:" followed by reps copies of unit
+ * (JSON text), each with a label. */
+static char *group_payload(int n, const char *unit, size_t reps)
 {
-    char *payload, *alerts = NULL;
+    char *payload = NULL, *alerts = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&alerts, &len);
+
+    assert_non_null(mem);
+    for (int i = 1; i <= n; i++) {
+        fprintf(mem,
+                "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"status\":\"firing\","
+                "\"labels\":{\"n\":\"%d\"},\"summary\":\"alert %d:",
+                i > 1 ? "," : "", i, i, i, i);
+        for (size_t r = 0; r < reps; r++)
+            fputs(unit, mem);
+        fputs("\"}", mem);
+    }
+    fclose(mem);
+    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
+    free(alerts);
+    return payload;
+}
+
+/* Slack's limits: at most 50 blocks, a header of at most 150 characters, sections of at most
+ * 3000 (bytes here: the safe bound). */
+static void assert_within_slack_limits(json_t *j)
+{
+    json_t *blocks = fx_at(j, "blocks"), *b;
+    size_t i;
+
+    assert_true(json_array_size(blocks) <= 50);
+    assert_true(strlen(fx_str(j, "blocks.0.text.text")) <= 150);
+    json_array_foreach(blocks, i, b)
+    {
+        if (al_json_str_is(b, "type", "section"))
+            assert_true(strlen(fx_str(b, "text.text")) <= 3000);
+    }
+}
+
+static void group_of_eight_shows_five_then_three_more_alerts(void **state)
+{
+    char *payload = group_payload(8, "", 0), want[32];
     json_t *j, *blocks;
     fx_t f;
 
-    for (int i = 0; i < 50; i++)
-        fprintf(mem, "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"summary\":\"alert %d\"}",
-                i ? "," : "", i + 1, i, i);
-    fclose(mem);
-    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
     j = fx_build_json(&f, &al_channel_slack, &cfg, payload, GW_TIER_P2, false);
     blocks = fx_at(j, "blocks");
-    assert_true(json_array_size(blocks) <= 50);
-    assert_string_equal(fx_str(j, "blocks.0.text.text"), "[P2] FIRING: 50 alerts");
-    assert_non_null(
-        strstr(json_string_value(
-                   fx_at(json_array_get(blocks, json_array_size(blocks) - 1), "elements.0.text")),
-               "and 5 more"));
+    /* header, five sections, the "more" section, context */
+    assert_int_equal(json_array_size(blocks), 8);
+    assert_string_equal(fx_str(j, "text"), "[P2] FIRING: 8 alerts");
+    assert_string_equal(fx_str(j, "blocks.0.text.text"), "[P2] FIRING: 8 alerts");
+    for (int i = 1; i <= 5; i++) {
+        json_t *b = json_array_get(blocks, (size_t)i);
+        snprintf(want, sizeof(want), "*alert %d:*\n`k%d`", i, i);
+        assert_string_equal(fx_str(b, "type"), "section");
+        assert_non_null(strstr(fx_str(b, "text.text"), want));
+    }
+    assert_null(strstr(f.req.body, "alert 6:"));
+    assert_string_equal(fx_str(j, "blocks.6.type"), "section");
+    assert_string_equal(fx_str(j, "blocks.6.text.type"), "mrkdwn");
+    assert_string_equal(fx_str(j, "blocks.6.text.text"), AL_ELLIPSIS "and 3 more alerts");
+    assert_string_equal(fx_str(j, "blocks.7.type"), "context");
+    assert_string_equal(fx_str(j, "blocks.7.elements.0.text"),
+                        "Breakwater" AL_MIDDOT "breakwater@host");
+    assert_true(json_is_false(fx_at(j, "unfurl_links")));
+    assert_true(json_is_false(fx_at(j, "unfurl_media")));
     fx_done(&f, j);
     free(payload);
-    free(alerts);
+}
+
+/* The same words as al_render_alerts: one left is "1 more alert"; five are all shown. */
+static void the_more_line_says_alert_for_one_and_is_absent_when_all_fit(void **state)
+{
+    char *six = group_payload(6, "", 0), *five = group_payload(5, "", 0);
+    json_t *j;
+    fx_t f;
+
+    j = fx_build_json(&f, &al_channel_slack, &cfg, six, GW_TIER_P2, false);
+    assert_int_equal(json_array_size(fx_at(j, "blocks")), 8);
+    assert_string_equal(fx_str(j, "blocks.6.text.text"), AL_ELLIPSIS "and 1 more alert");
+    fx_done(&f, j);
+    j = fx_build_json(&f, &al_channel_slack, &cfg, five, GW_TIER_P2, false);
+    assert_int_equal(json_array_size(fx_at(j, "blocks")), 7);
+    assert_non_null(strstr(fx_str(j, "blocks.5.text.text"), "*alert 5:*"));
+    assert_null(strstr(f.req.body, "more alert"));
+    assert_string_equal(fx_str(j, "blocks.6.type"), "context");
+    fx_done(&f, j);
+    free(six);
+    free(five);
+}
+
+static void group_of_fifty_stays_within_slack_limits(void **state)
+{
+    static const struct {
+        const char *unit;
+        size_t reps;
+        bool link;
+    } rows[] = {
+        {"", 0, false},
+        {"x", 4000, true},           /* each section cut at its limit */
+        {"&<>", 1500, true},         /* mrkdwn escapes grow the text five times */
+        {"\\u00e9\\\"", 1500, true}, /* two-byte characters and JSON escapes */
+    };
+
+    fx_install_ack_secret();
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        char *payload = group_payload(50, rows[r].unit, rows[r].reps);
+        json_t *j;
+        fx_t f;
+
+        j = fx_build_json(&f, &al_channel_slack, &cfg, payload, GW_TIER_P2, rows[r].link);
+        assert_within_slack_limits(j);
+        assert_string_equal(fx_str(j, "blocks.0.text.text"), "[P2] FIRING: 50 alerts");
+        assert_int_equal(json_array_size(fx_at(j, "blocks")), 8);
+        assert_non_null(strstr(fx_str(j, "blocks.5.text.text"), "*alert 5:"));
+        assert_string_equal(fx_str(j, "blocks.6.text.text"), AL_ELLIPSIS "and 45 more alerts");
+        assert_string_equal(fx_str(j, "blocks.7.elements.0.text"),
+                            "Breakwater" AL_MIDDOT "breakwater@host");
+        fx_done(&f, j);
+        free(payload);
+    }
 }
 
 static void long_summary_is_cut_within_section_and_header_limits(void **state)
@@ -198,7 +300,9 @@ int main(void)
         cmocka_unit_test(ack_link_is_a_slack_link_with_a_genuine_token),
         cmocka_unit_test(resolved_and_acknowledged_have_no_ack_link),
         cmocka_unit_test(mrkdwn_control_characters_are_escaped),
-        cmocka_unit_test(group_of_fifty_stays_under_fifty_blocks),
+        cmocka_unit_test(group_of_eight_shows_five_then_three_more_alerts),
+        cmocka_unit_test(the_more_line_says_alert_for_one_and_is_absent_when_all_fit),
+        cmocka_unit_test(group_of_fifty_stays_within_slack_limits),
         cmocka_unit_test(long_summary_is_cut_within_section_and_header_limits),
         cmocka_unit_test(build_refuses_what_it_cannot_send),
         cmocka_unit_test(replies),

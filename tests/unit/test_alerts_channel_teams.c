@@ -1,7 +1,8 @@
 /* test_alerts_channel_teams.c - alerts/channel_teams.c: Microsoft Teams incoming webhooks.
  *
  * The Adaptive Card in "attachments" for a firing, a resolved, an acknowledged and a grouped
- * notification; the size bound; the reply table (2xx accepted, except the legacy connector's
+ * notification; a big group (five Containers, then "…and N more alerts" as al_render_blocks
+ * words it) and the size bound; the reply table (2xx accepted, except the legacy connector's
  * "HTTP 200 but throttled" text).
  */
 #include "test_alerts_channel_fixture.h"
@@ -77,27 +78,144 @@ static void group_has_a_container_per_alert(void **state)
     fx_done(&f, j);
 }
 
-static void large_group_stays_under_the_message_limit(void **state)
+/* A firing P1 notification of n alerts, summaries "alert <i>:" followed by reps copies of unit
+ * (JSON text), each with nlabels labels of label_len bytes. */
+static char *group_payload(int n, const char *unit, size_t reps, int nlabels, size_t label_len)
 {
-    char summary[1501], *payload, *alerts = NULL;
+    char *payload = NULL, *alerts = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&alerts, &len);
-    fx_t f;
 
-    memset(summary, 'q', sizeof(summary) - 1);
-    summary[sizeof(summary) - 1] = '\0';
-    for (int i = 0; i < 50; i++)
-        fprintf(mem, "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"summary\":\"%s\"}",
-                i ? "," : "", i + 1, i, summary);
+    assert_non_null(mem);
+    for (int i = 1; i <= n; i++) {
+        fprintf(mem,
+                "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"status\":\"firing\",\"labels\":{",
+                i > 1 ? "," : "", i, i);
+        for (int l = 0; l < nlabels; l++) {
+            fprintf(mem, "%s\"l%d\":\"", l > 0 ? "," : "", l);
+            for (size_t k = 0; k < label_len; k++)
+                fputc('v', mem);
+            fputc('"', mem);
+        }
+        fprintf(mem, "},\"summary\":\"alert %d:", i);
+        for (size_t r = 0; r < reps; r++)
+            fputs(unit, mem);
+        fputs("\"}", mem);
+    }
     fclose(mem);
     assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P1", "%s"), alerts) > 0);
-    fx_init(&f, &cfg, payload, GW_TIER_P1, false);
-    assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
-    assert_true(f.req.body_len < 28 * 1024);
-    assert_non_null(strstr(f.req.body, "more"));
-    fx_dispose(&f);
-    free(payload);
     free(alerts);
+    return payload;
+}
+
+/* The card's body (borrowed from j). */
+static json_t *body_of(json_t *j)
+{
+    return fx_at(j, "attachments.0.content.body");
+}
+
+static size_t containers(json_t *body)
+{
+    json_t *el;
+    size_t i, n = 0;
+
+    json_array_foreach(body, i, el) n += al_json_str_is(el, "type", "Container");
+    return n;
+}
+
+static void group_of_eight_shows_five_then_three_more_alerts(void **state)
+{
+    char *payload = group_payload(8, "", 0, 1, 3), want[32];
+    json_t *j, *body;
+    fx_t f;
+
+    fx_install_ack_secret();
+    j = fx_build_json(&f, &al_channel_teams, &cfg, payload, GW_TIER_P1, true);
+    body = body_of(j);
+    /* title, five Containers, the "more" TextBlock, the footer */
+    assert_int_equal(json_array_size(body), 8);
+    assert_string_equal(fx_str(body, "0.text"), "[P1] FIRING: 8 alerts");
+    for (int i = 1; i <= 5; i++) {
+        json_t *c = json_array_get(body, (size_t)i);
+        snprintf(want, sizeof(want), "alert %d:", i);
+        assert_string_equal(fx_str(c, "type"), "Container");
+        assert_string_equal(fx_str(c, "items.0.text"), want);
+        assert_true(fx_ack_link_ok(fx_str(c, "items.2.actions.0.url"), i));
+    }
+    assert_null(strstr(f.req.body, "alert 6:"));
+    assert_string_equal(fx_str(body, "6.type"), "TextBlock");
+    assert_string_equal(fx_str(body, "6.text"), AL_ELLIPSIS "and 3 more alerts");
+    assert_true(json_is_true(fx_at(body, "6.separator")));
+    assert_string_equal(fx_str(body, "7.text"), "Breakwater" AL_MIDDOT "breakwater@host");
+    fx_done(&f, j);
+    free(payload);
+}
+
+/* The same words as al_render_alerts: one left is "1 more alert"; five are all shown. */
+static void the_more_line_says_alert_for_one_and_is_absent_when_all_fit(void **state)
+{
+    char *six = group_payload(6, "", 0, 1, 3), *five = group_payload(5, "", 0, 1, 3);
+    json_t *j;
+    fx_t f;
+
+    j = fx_build_json(&f, &al_channel_teams, &cfg, six, GW_TIER_P1, false);
+    assert_int_equal(containers(body_of(j)), 5);
+    assert_string_equal(fx_str(body_of(j), "6.text"), AL_ELLIPSIS "and 1 more alert");
+    fx_done(&f, j);
+    j = fx_build_json(&f, &al_channel_teams, &cfg, five, GW_TIER_P1, false);
+    assert_int_equal(json_array_size(body_of(j)), 7);
+    assert_int_equal(containers(body_of(j)), 5);
+    assert_null(strstr(f.req.body, "more alert"));
+    fx_done(&f, j);
+    free(six);
+    free(five);
+}
+
+static void group_of_fifty_stays_under_the_message_limit(void **state)
+{
+    static const struct {
+        const char *unit;
+        size_t reps;
+        int nlabels;
+        size_t label_len;
+        size_t shown; /* 0: fewer than five (the budget ends the list) */
+    } rows[] = {
+        {"", 0, 1, 3, 5},
+        {"q", 1500, 1, 3, 5},
+        {"q", 1500, 8, 500, 0}, /* the budget ends the list early */
+        {"\\\"", 1500, 4, 900, 0},
+    };
+    char want[64];
+
+    fx_install_ack_secret();
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        char *payload =
+            group_payload(50, rows[r].unit, rows[r].reps, rows[r].nlabels, rows[r].label_len);
+        json_t *j, *body;
+        size_t shown, n;
+        fx_t f;
+
+        fx_init(&f, &cfg, payload, GW_TIER_P1, true);
+        assert_int_equal(fx_build(&f, &al_channel_teams, 0), 0);
+        if (f.req.body_len >= 28 * 1024)
+            fail_msg("row %zu: %zu bytes", r, f.req.body_len);
+        j = fx_json(&f);
+        body = body_of(j);
+        shown = containers(body);
+        assert_true(shown >= 1 && shown <= 5);
+        if (rows[r].shown > 0)
+            assert_int_equal(shown, rows[r].shown);
+        else
+            assert_true(shown < 5);
+        n = json_array_size(body);
+        assert_int_equal(n, shown + 3);
+        snprintf(want, sizeof(want), AL_ELLIPSIS "and %zu more alerts", 50 - shown);
+        assert_string_equal(fx_str(json_array_get(body, n - 2), "text"), want);
+        assert_string_equal(fx_str(json_array_get(body, n - 1), "text"),
+                            "Breakwater" AL_MIDDOT "breakwater@host");
+        fx_done(&f, j);
+        free(payload);
+    }
 }
 
 static void replies(void **state)
@@ -131,7 +249,9 @@ int main(void)
         cmocka_unit_test(firing_is_an_adaptive_card_attachment),
         cmocka_unit_test(resolved_is_good_and_acknowledged_accent_without_actions),
         cmocka_unit_test(group_has_a_container_per_alert),
-        cmocka_unit_test(large_group_stays_under_the_message_limit),
+        cmocka_unit_test(group_of_eight_shows_five_then_three_more_alerts),
+        cmocka_unit_test(the_more_line_says_alert_for_one_and_is_absent_when_all_fit),
+        cmocka_unit_test(group_of_fifty_stays_under_the_message_limit),
         cmocka_unit_test(replies),
         cmocka_unit_test(registered_for_its_type),
     };

@@ -29,7 +29,12 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "../../cmake/embedded.h"
 #include "db.h"
+
+/* The migrations embedded in the binary (cmake/embed.cmake), as db.c reads them. */
+extern const bw_embedded_file_t al_migrations[];
+extern const size_t al_migrations_count;
 
 #define ERRLEN 512
 /* Exit status of a child that could not set up its environment: the test is skipped. */
@@ -650,6 +655,166 @@ static void upgrade_applies_each_newer_migration_in_order(void **state)
     al_db_close(db);
 }
 
+/* A database at schema version 2 (the real 0001 and 0002, as embedded) holding alerts, their
+ * lineage, deliveries (pending, sent, cancelled) and delivery_alerts rows, upgraded by
+ * al_db_open() to the newest version: 0003 rebuilds `deliveries`, and every row, id and link
+ * must come through, with the new columns NULL and the new CHECKs in force. */
+#define UUID(n) "00000000-0000-4000-8000-00000000000" #n
+
+static void upgrade_from_version_2_keeps_rows_ids_and_links(void **state)
+{
+    static const char *const rows[] = {
+        "INSERT INTO alerts (id, dedup_key, event, source, tier, first_tier, status, labels, "
+        "summary, started_at, updated_at, last_seen_at, count, escalation_level, next_repeat_at, "
+        "due_at) VALUES (3, 'breaker_open{upstream=\"users\"}', 'breaker_open', 'event', 0, 1, "
+        "'firing', '{\"upstream\":\"users\"}', 'users open', 1000, 1100, 1100, 4, 1, 5000, 5000)",
+        "INSERT INTO alerts (id, dedup_key, event, source, tier, first_tier, status, labels, "
+        "summary, started_at, updated_at, last_seen_at, count, acked_at, acked_by) VALUES (5, "
+        "'host_down', 'host_down', 'event', 1, 1, 'acknowledged', '{}', 'host down', 1200, 2000, "
+        "1900, 1, 2000, 'ops')",
+        "INSERT INTO alerts (id, dedup_key, event, source, tier, first_tier, status, labels, "
+        "summary, started_at, updated_at, last_seen_at, count, resolved_at, resolved_by) VALUES "
+        "(8, 'ext', 'external', 'external', 2, 2, 'resolved', '{}', 'ext', 1300, 3000, 1300, 1, "
+        "3000, 'api')",
+        "INSERT INTO alert_history (alert_id, ts_ms, kind, detail) VALUES (3, 1000, 'raised', "
+        "'{\"tier\":\"P1\"}'), (3, 1100, 'escalated', '{}'), (8, 3000, 'resolved', '{}')",
+        "INSERT INTO deliveries (id, delivery_id, channel, kind, tier, status, created_at, "
+        "expires_at, next_attempt_at, attempts, last_attempt_at, last_code, last_error) VALUES "
+        "(4, '" UUID(4) "', 'slack', 'firing', 0, 'pending', 1000, 90000, 1500, 1, 1400, 429, "
+                        "'HTTP 429')",
+        "INSERT INTO deliveries (id, delivery_id, channel, kind, tier, status, created_at, "
+        "expires_at, attempts, last_attempt_at, last_code, finished_at) VALUES "
+        "(6, '" UUID(6) "', 'pagerduty', 'escalated', 1, 'sent', 1100, 90000, 2, 2500, 202, 2500)",
+        "INSERT INTO deliveries (id, delivery_id, channel, kind, tier, status, created_at, "
+        "expires_at, finished_at) VALUES "
+        "(9, '" UUID(9) "', 'slack', 'resolved', 2, 'cancelled', 3000, 90000, 3000)",
+        "INSERT INTO delivery_alerts (delivery, alert_id) VALUES (4, 3), (6, 3), (6, 5), (9, 8)",
+    };
+    struct al_db_migration v2[2];
+    char *dir = tmpdir(state), err[ERRLEN], text[512];
+    sqlite3_stmt *st = NULL;
+    al_db_t *db;
+    sqlite3 *c;
+    int rc;
+
+    assert_true(al_migrations_count >= 3);
+    for (size_t i = 0; i < 2; i++)
+        v2[i] = (struct al_db_migration){al_migrations[i].name, al_migrations[i].data};
+    assert_string_equal(v2[0].name, "0001_events.sql");
+    assert_string_equal(v2[1].name, "0002_alerts.sql");
+    db = open_list_ok(dir, v2, 2);
+    c = al_db_handle(db);
+    assert_int_equal(al_db_schema_version(db), 2);
+    assert_int_equal(
+        q_int(c, "SELECT count(*) FROM pragma_table_info('deliveries') WHERE name = 'folded_into'"),
+        0);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        rc = run(c, rows[i]);
+        if (rc != SQLITE_OK)
+            fail_msg("row %zu: %s (%d)", i, sqlite3_errmsg(c), rc);
+    }
+    /* Version 2 has no 'acknowledged' kind. */
+    rc = run(c, "INSERT INTO deliveries (delivery_id, channel, kind, tier, status, created_at, "
+                "expires_at, next_attempt_at) VALUES ('" UUID(1) "', 'pd', 'acknowledged', 0, "
+                                                                 "'pending', 1, 2, 1)");
+    assert_int_equal(rc & 0xff, SQLITE_CONSTRAINT);
+    al_db_close(db);
+
+    db = open_ok(dir);
+    c = al_db_handle(db);
+    assert_int_equal(al_db_latest_version(), (int)al_migrations_count);
+    assert_int_equal(al_db_schema_version(db), al_db_latest_version());
+    assert_int_equal(q_int(c, "PRAGMA user_version"), al_db_latest_version());
+
+    /* Every row, with its id and its values. */
+    q_text(c,
+           "SELECT group_concat(id || ':' || status || ':' || tier, ',') FROM "
+           "(SELECT * FROM alerts ORDER BY id)",
+           text, sizeof(text));
+    assert_string_equal(text, "3:firing:0,5:acknowledged:1,8:resolved:2");
+    assert_int_equal(q_int(c, "SELECT count FROM alerts WHERE id = 3"), 4);
+    assert_int_equal(q_int(c, "SELECT due_at FROM alerts WHERE id = 3"), 5000);
+    q_text(c,
+           "SELECT group_concat(alert_id || ':' || kind, ',') FROM "
+           "(SELECT * FROM alert_history ORDER BY id)",
+           text, sizeof(text));
+    assert_string_equal(text, "3:raised,3:escalated,8:resolved");
+    q_text(c,
+           "SELECT group_concat(id || ':' || delivery_id || ':' || channel || ':' || kind || ':' "
+           "|| tier || ':' || status, ',') FROM (SELECT * FROM deliveries ORDER BY id)",
+           text, sizeof(text));
+    assert_string_equal(text, "4:" UUID(4) ":slack:firing:0:pending,"
+                                           "6:" UUID(6) ":pagerduty:escalated:1:sent,"
+                                                        "9:" UUID(9) ":slack:resolved:2:cancelled");
+    q_text(c,
+           "SELECT next_attempt_at || '/' || attempts || '/' || last_attempt_at || '/' || "
+           "last_code || '/' || last_error || '/' || expires_at || '/' || "
+           "(finished_at IS NULL) FROM deliveries WHERE id = 4",
+           text, sizeof(text));
+    assert_string_equal(text, "1500/1/1400/429/HTTP 429/90000/1");
+    assert_int_equal(q_int(c, "SELECT finished_at FROM deliveries WHERE id = 6"), 2500);
+    assert_int_equal(q_int(c, "SELECT last_code FROM deliveries WHERE id = 6"), 202);
+    assert_int_equal(q_int(c, "SELECT finished_at FROM deliveries WHERE id = 9"), 3000);
+    q_text(c,
+           "SELECT group_concat(delivery || '-' || alert_id, ',') FROM "
+           "(SELECT * FROM delivery_alerts ORDER BY delivery, alert_id)",
+           text, sizeof(text));
+    assert_string_equal(text, "4-3,6-3,6-5,9-8");
+
+    /* Sound: integrity and foreign keys (nothing dangles after the rebuild). */
+    q_text(c, "PRAGMA integrity_check", text, sizeof(text));
+    assert_string_equal(text, "ok");
+    assert_int_equal(al_db_integrity_check(db, 1, err, sizeof(err)), 0);
+    assert_int_equal(sqlite3_prepare_v2(c, "PRAGMA foreign_key_check", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    assert_int_equal(q_int(c, "PRAGMA foreign_keys"), 1);
+
+    /* The new columns exist and are NULL on the old rows; the new indexes exist. */
+    assert_int_equal(q_int(c, "SELECT count(*) FROM pragma_table_info('deliveries') "
+                              "WHERE name IN ('folded_into', 'throttled_at')"),
+                     2);
+    assert_int_equal(q_int(c, "SELECT count(*) FROM deliveries "
+                              "WHERE folded_into IS NULL AND throttled_at IS NULL"),
+                     3);
+    assert_true(table_exists(c, "deliveries_due"));
+    assert_true(table_exists(c, "deliveries_channel_pending"));
+    assert_true(table_exists(c, "deliveries_folded_into"));
+    assert_false(table_exists(c, "deliveries_new"));
+
+    /* 0003's CHECKs: an 'acknowledged' delivery, and a 'folded' one carried by delivery 4. */
+    assert_int_equal(run(c, "INSERT INTO deliveries (delivery_id, channel, kind, tier, status, "
+                            "created_at, expires_at, next_attempt_at) VALUES ('" UUID(
+                                1) "', "
+                                   "'pagerduty', 'acknowledged', 0, 'pending', 4000, 90000, 4000)"),
+                     SQLITE_OK);
+    assert_true(q_int(c, "SELECT id FROM deliveries WHERE delivery_id = '" UUID(1) "'") > 9);
+    assert_int_equal(run(c, "INSERT INTO delivery_alerts (delivery, alert_id) SELECT id, 5 FROM "
+                            "deliveries WHERE delivery_id = '" UUID(1) "'"),
+                     SQLITE_OK);
+    assert_int_equal(run(c,
+                         "INSERT INTO deliveries (delivery_id, channel, kind, tier, status, "
+                         "created_at, expires_at, finished_at, folded_into, throttled_at) VALUES "
+                         "('" UUID(2) "', 'slack', 'firing', 0, 'folded', 4000, 90000, 4100, 4, "
+                                      "4000)"),
+                     SQLITE_OK);
+    assert_int_equal(run(c, "UPDATE deliveries SET folded_into = 6 WHERE id = 9") & 0xff,
+                     SQLITE_CONSTRAINT); /* only a folded row has a carrier */
+    /* The old links point at the new table: they are enforced and cascade. */
+    assert_int_equal(run(c, "INSERT INTO delivery_alerts (delivery, alert_id) VALUES (99, 3)"),
+                     SQLITE_CONSTRAINT_FOREIGNKEY);
+    assert_int_equal(run(c, "DELETE FROM deliveries WHERE id = 9"), SQLITE_OK);
+    assert_int_equal(q_int(c, "SELECT count(*) FROM delivery_alerts WHERE delivery = 9"), 0);
+    assert_int_equal(run(c, "DELETE FROM deliveries WHERE id = 4"), SQLITE_OK);
+    assert_int_equal(q_int(c, "SELECT count(*) FROM deliveries WHERE delivery_id = '" UUID(
+                                  2) "' "
+                                     "AND folded_into IS NULL"),
+                     1); /* ON DELETE SET NULL */
+    q_text(c, "PRAGMA integrity_check", text, sizeof(text));
+    assert_string_equal(text, "ok");
+    al_db_close(db);
+}
+
 static void failing_migration_rolls_back_and_keeps_version(void **state)
 {
     static const struct al_db_migration bad[] = {
@@ -1108,6 +1273,7 @@ int main(void)
         IN_TMPDIR(foreign_sqlite_database_is_refused),
         IN_TMPDIR(integrity_check_reports_a_damaged_page),
         IN_TMPDIR(upgrade_applies_each_newer_migration_in_order),
+        IN_TMPDIR(upgrade_from_version_2_keeps_rows_ids_and_links),
         IN_TMPDIR(failing_migration_rolls_back_and_keeps_version),
         IN_TMPDIR(earlier_migrations_stay_committed_when_a_later_one_fails),
         IN_TMPDIR(migration_leaving_a_foreign_key_violation_is_rolled_back),

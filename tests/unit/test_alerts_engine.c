@@ -536,6 +536,42 @@ static void events_map_to_the_documented_alerts(void **state)
     assert_int_equal(al_engine_event(f->e, "host_down", -1, "[1]", T0), AL_EBADINPUT);
 }
 
+/* An ack reaches the incident channels that were told (PagerDuty, Opsgenie page on their own
+ * until told); chat channels are not sent an "acknowledged" message. */
+static void ack_is_sent_to_incident_channels_that_were_notified(void **state)
+{
+    fx_t *f =
+        fx_new("alerts:\n  channels:\n    chat: { type: console }\n"
+               "    pager: { type: pagerduty, routing_key: k, url: \"http://127.0.0.1:9/\" }\n"
+               "  tiers:\n    P0: { channels: [chat, pager], repeat: 5m }\n"
+               "    P1: { channels: [chat, pager] }\n    P2: { channels: [chat] }\n");
+    int64_t id;
+
+    *state = f;
+    ev(f, "breaker_open", BREAKER("users"), T0);
+    ev(f, "breaker_open", BREAKER("quiet"), T0);
+    id = alert_id(f, "breaker_open{upstream=\"users\"}");
+    assert_int_equal(deliver_all(f, T0 + SEC, AL_SEND_OK), 4); /* chat + pager, two alerts */
+    assert_int_equal(al_engine_ack(f->e, id, "api", T0 + 2 * SEC), 0);
+    assert_channels(f, id, "acknowledged", "pager");
+    assert_int_equal(deliver_all(f, T0 + 3 * SEC, AL_SEND_OK), 1);
+    /* resolved before it went out: the ack is cancelled, the resolved notification goes */
+    ev(f, "breaker_open", BREAKER("late"), T0 + 4 * SEC);
+    int64_t late = alert_id(f, "breaker_open{upstream=\"late\"}");
+    assert_int_equal(deliver_all(f, T0 + 5 * SEC, AL_SEND_OK), 2);
+    assert_int_equal(al_engine_ack(f->e, late, "api", T0 + 6 * SEC), 0);
+    ev(f, "breaker_closed", UPS("late"), T0 + 6 * SEC);
+    assert_int_equal(deliver_all(f, T0 + 7 * SEC, AL_SEND_OK), 2); /* resolved: chat, pager */
+    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'acknowledged' AND "
+                              "status = 'cancelled'"),
+                     1);
+    /* an alert whose firing notification never left is not acked anywhere */
+    ev(f, "breaker_open", BREAKER("fresh"), T0 + 8 * SEC);
+    int64_t fresh = alert_id(f, "breaker_open{upstream=\"fresh\"}");
+    assert_int_equal(al_engine_ack(f->e, fresh, "api", T0 + 8 * SEC), 0);
+    assert_int_equal(deliver_all(f, T0 + 9 * SEC, AL_SEND_OK), 0);
+}
+
 /* The control process records an alert store episode after the fact (its notices went out
  * without the store): raised and resolved at once, nothing left for the outbox to send. */
 static void store_episode_is_recorded_resolved_without_notifications(void **state)
@@ -1245,6 +1281,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(events_map_to_the_documented_alerts, setup, teardown),
         cmocka_unit_test_setup_teardown(store_episode_is_recorded_resolved_without_notifications,
                                         setup, teardown),
+        cmocka_unit_test_teardown(ack_is_sent_to_incident_channels_that_were_notified, teardown),
         cmocka_unit_test_setup_teardown(rule_off_events_only_touch_existing_alerts, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(escalation_goes_p2_p1_p0_on_schedule, setup, teardown),
