@@ -8,6 +8,8 @@ PREFIX-rx at 10.77.0.6:9000. Alerts: one webhook channel to it; P1 escalates to 
 ESCALATE_AFTER_S; retries back off from 500 ms to 2 s. The receiver's JSONL log is read from the
 disk, so what it received is known while its link is cut; a delivery is counted by the body's
 delivery_id (retries of an ambiguous send repeat the id: duplicates are fine, missing ids not).
+A light bw_load (PLOT_LOAD_RATE on /) runs from the breaker_open on, only so that the PNG
+timeline shows what clients saw; nothing judges it, and it starts after the breaker opened.
 
 Phase partition: cut the receiver's link (nft drop), open the breaker of `a` (5 answers 500).
   - the breaker_open alert is in GET /api/v1/alerts within ALERT_RECORDED_MAX_S of the event;
@@ -35,8 +37,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaoslib import (Fail, Gateway, LatencyFail, Receiver, Scenario, Upstream, fmt_s, need_root,  # noqa: E402
-                      need_tools, now_ms, wait_for)
+from chaoslib import (Fail, Gateway, LatencyFail, Load, Receiver, Scenario, Upstream, fmt_s,  # noqa: E402
+                      need_root, need_tools, now_ms, wait_for)
 
 ESCALATE_AFTER_S = 2
 ESCALATE_SLACK_S = 1.0
@@ -44,6 +46,7 @@ ALERT_RECORDED_MAX_S = 1.0
 DELIVER_AFTER_HEAL_MAX_S = 10.0  # curl's 3 s connect timeout + max_backoff 2 s + slack
 EXTERNAL_ALERTS = 6  # half P0, half P1
 TRY_BEFORE_KILL_S = 1.5
+PLOT_LOAD_RATE = 20  # req/s of the light load drawn in the timeline (not judged)
 TIME_BOUND_S = 120
 
 CONFIG = f"""
@@ -96,8 +99,9 @@ def scenario(sc):
     g = Gateway(sc, CONFIG, fixed_ports=True)
 
     # ---- phase partition: the receiver is cut off while a breaker opens ----
+    t_cut1 = now_ms()
     net.cut("receiver", mode="drop")
-    sc.mark("fault_injected", what="receiver cut")
+    sc.mark("fault_injected", ts_ms=t_cut1, what="receiver cut")
     for _ in range(5):
         g.get("/x?status=500")
     ev = g.wait_event("breaker_open", 5)
@@ -105,6 +109,11 @@ def scenario(sc):
     alert = wait_for(lambda: [a for a in g.alerts() if a.get("event") == "breaker_open"],
                      5 * s, "the breaker_open alert", interval=0.01)[0]
     recorded_s = (now_ms() - t_open) / 1000
+    # A light load, only so that the PNG timeline shows what clients saw (503 while the breaker
+    # is open, refused during the kill -9, served after the restart). It starts once the breaker
+    # is open and the alert recorded, so it takes no part in either; nothing judges it.
+    load = Load(sc, "http://127.0.0.1:8080/x", "load.csv", rate=PLOT_LOAD_RATE, duration=60 * s,
+                connections=4, timeout_ms=2000)
     esc = wait_for(lambda: (g.alert(alert["id"])["alert"].get("escalation_level", 0) >= 1
                             and g.alert(alert["id"])),
                    ESCALATE_AFTER_S + 5 * s, "the escalation to P0", interval=0.05)
@@ -185,6 +194,10 @@ def scenario(sc):
     unfinished = [(k, d["status"]) for k, d in pages(final).items() if d["status"] != "sent"]
     p2 = [k for k, d in accepted.items() if d["tier"] == "P2"]
     p2_lost = len([k for k in p2 if k not in got])
+    time.sleep(0.3)  # so that the last deliveries are not at the timeline's very edge
+    load.stop()
+    sc.plot(load.csv, "webhook receiver partitioned; kill -9 + restart while cut "
+            "(load from the open on)", g.events(), since_ms=t_cut1 - 500)
     rc = g.stop()
     integrity = subprocess.run(["sqlite3", os.path.join(g.state_dir, "breakwater.db"),
                                 "PRAGMA integrity_check"], capture_output=True, text=True,

@@ -153,8 +153,59 @@ def free_port(host="127.0.0.1"):
     raise RuntimeError("no free port in 20000-32000")
 
 
+_REQUEST_LOGS = {}  # port -> CSV file object (see log_requests)
+
+
+def log_requests(sc, port, csv_name):
+    """From now on, every http_request() to `port` is also written to sc.path(csv_name) as a
+    bw_load CSV line (t_start_ms,latency_us,status,error), so that a scenario whose load is its
+    own sequence of requests (no bw_load run) gets a timeline from plot.sh too. Admin API calls
+    go to another port and are not logged. Returns the CSV path."""
+    path = sc.path(csv_name)
+    f = open(path, "w", buffering=1)
+    f.write("t_start_ms,latency_us,status,error\n")
+    _REQUEST_LOGS[port] = f
+
+    def close():
+        if _REQUEST_LOGS.get(port) is f:
+            del _REQUEST_LOGS[port]
+        f.close()
+
+    sc.cleanup(close, "request log")
+    return path
+
+
+def _error_kind(e):
+    """bw_load's error names (chaos/README.md, bw_load CSV) for an exception of http.client."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connect_refused"
+    if isinstance(e, (ConnectionResetError, BrokenPipeError)):
+        return "reset"
+    if isinstance(e, http.client.RemoteDisconnected):
+        return "closed"
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return "timeout"
+    if isinstance(e, http.client.HTTPException):
+        return "bad_response"
+    return "error"
+
+
 def http_request(host, port, method="GET", path="/", body=None, headers=None, timeout=5):
     """One request on a fresh connection: (status, headers dict lower-cased, body bytes)."""
+    log = _REQUEST_LOGS.get(port)
+    if log is not None:
+        t_wall, t_mono = now_ms(), time.monotonic()
+        try:
+            r = _http_request(host, port, method, path, body, headers, timeout)
+        except (OSError, http.client.HTTPException) as e:
+            log.write(f"{int(t_wall)},{int((time.monotonic() - t_mono) * 1e6)},0,{_error_kind(e)}\n")
+            raise
+        log.write(f"{int(t_wall)},{int((time.monotonic() - t_mono) * 1e6)},{r[0]},\n")
+        return r
+    return _http_request(host, port, method, path, body, headers, timeout)
+
+
+def _http_request(host, port, method, path, body, headers, timeout):
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         data = json.dumps(body) if isinstance(body, (dict, list)) else body
@@ -316,17 +367,50 @@ class Scenario:
             self._orig_netns = None
 
     # ---- artefacts ----
-    def plot(self, csv, title, events=None):
+    def delivery_marks(self):
+        """One alert_delivered marker per notification request that the scenario's webhook
+        receiver recorded (Receiver writes sc.path("receiver.jsonl")), at its arrival time.
+        Deliveries are not among the gateway's events (GET /api/v1/events has breaker, worker,
+        reload... kinds), so plot.sh gets them from the receiver's side: retries of one delivery
+        show as several marks."""
+        out = []
+        try:
+            with open(self.path("receiver.jsonl")) as f:
+                lines = f.readlines()
+        except OSError:
+            return out
+        for line in lines:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            body = r.get("json") if isinstance(r.get("json"), dict) else {}
+            what = " ".join(str(body[k]) for k in ("tier", "event") if body.get(k))
+            if body.get("status") == "resolved":
+                what += " resolved"
+            out.append({"ts_ms": int(float(r.get("ts", 0)) * 1000), "kind": "alert_delivered",
+                        "fields": {"what": what or r.get("path", "")}})
+        return out
+
+    def plot(self, csv, title, events=None, since_ms=None):
         """Writes CSV's PNG timeline with chaos/plot.sh (events: the gateway's event list plus
-        this scenario's markers). Returns the PNG path or None (no gnuplot: not a failure)."""
+        this scenario's markers plus the receiver's deliveries). The subtitle records when and
+        under what load average it was measured. since_ms starts the time axis earlier than the
+        first request. Returns the PNG path or None (no gnuplot: not a failure)."""
         if shutil.which("gnuplot") is None:
             return None
-        ev = list(events or []) + self.events_extra
+        ev = list(events or []) + self.events_extra + self.delivery_marks()
         ev_path = self.path(os.path.basename(csv).replace(".csv", "") + "-events.json")
         with open(ev_path, "w") as f:
             json.dump({"events": ev}, f)
         png = csv.replace(".csv", ".png")
-        r = subprocess.run([PLOT_SH, "-o", png, "-e", ev_path, "-t", title, csv],
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        sub = (f"{self.name}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+               f"load average {load} on {os.cpu_count()} CPUs"
+               + (", ASan build" if self.asan else "")
+               + (f", attempt {self.figures.get('attempts')}" if "attempts" in self.figures else ""))
+        since = ["-x", str(int(since_ms))] if since_ms else []
+        r = subprocess.run([PLOT_SH, "-o", png, "-e", ev_path, "-t", title, "-s", sub, *since, csv],
                            capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             print(f"chaos {self.name}: plot.sh failed: {r.stderr.strip()}", file=sys.stderr)

@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chaoslib import (BINARY, Fail, Gateway, LatencyFail, Scenario, Skip, Upstream, fmt_s,  # noqa: E402
-                      http_request, wait_for)
+                      http_request, log_requests, now_ms, wait_for)
 
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
                  "/usr/lib/faketime/libfaketimeMT.so.1")
@@ -69,8 +69,9 @@ routes:
 
 
 class Clock:
-    def __init__(self, path):
+    def __init__(self, path, sc=None):
         self.path = path
+        self.sc = sc  # for the timeline's markers
         self.set(0)
 
     def set(self, offset_s):
@@ -78,6 +79,22 @@ class Clock:
         with open(tmp, "w") as f:
             f.write(f"{offset_s:+d}\n")
         os.replace(tmp, self.path)  # atomic: libfaketime never reads half a file
+        if self.sc is not None:
+            self.sc.mark("fault_injected", what=f"clock {offset_s // 3600:+d}h" if offset_s
+                         else "clock real")
+
+
+def real_time_events(events):
+    """For the timeline only: the gateway stamps its events with its own CLOCK_REALTIME, which
+    is the clock the scenario moves, so the events it wrote while at +1h are an hour ahead.
+    They are put back on the real time line and say so ("ts -1h")."""
+    out = []
+    for e in events:
+        if e["ts_ms"] > now_ms() + JUMP_S * 500:
+            e = {**e, "ts_ms": e["ts_ms"] - JUMP_S * 1000,
+                 "fields": {**e.get("fields", {}), "what": "ts -1h"}}
+        out.append(e)
+    return out
 
 
 def gateway_offset(g):
@@ -151,7 +168,7 @@ def scenario(sc):
         if not asan:
             raise Skip("ASan build, but libasan's path is unknown: cannot preload libfaketime")
         preload = f"{asan[0]}:{lib}"
-    clock = Clock(sc.path("faketime"))
+    clock = Clock(sc.path("faketime"), sc)
     env = {"LD_PRELOAD": preload, "FAKETIME_TIMESTAMP_FILE": clock.path, "FAKETIME_NO_CACHE": "1",
            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1"}
     u = Upstream(sc, "u")
@@ -159,6 +176,8 @@ def scenario(sc):
         g = Gateway(sc, config(u.addr), env=env)
     except RuntimeError as e:
         raise Skip(f"breakwater does not start under libfaketime: {str(e)[:200]}")
+    # the scenario's own requests are its load: logged as a bw_load CSV for the timeline
+    requests_csv = log_requests(sc, g.port, "requests.csv")
 
     # does the jump reach the gateway (and only its wall clock)?
     clock.set(JUMP_S)
@@ -183,6 +202,8 @@ def scenario(sc):
     back_n = hammer(g, WINDOW_S)
     sc.fig(admitted_base=base, admitted_jump_fwd=fwd_n, admitted_jump_back=back_n)
     stalls = g.events("worker_stall") + g.events("worker_crash")
+    sc.plot(requests_csv, "wall clock +1h / -1h: breaker (/x) and rate limit (/rl)",
+            real_time_events(g.events()))
     rc = g.stop()
 
     s = sc.scale

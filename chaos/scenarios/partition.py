@@ -18,13 +18,29 @@ Pass criteria (constants below; timing bounds x2.5 on an ASan build):
   2. Every A request that started between breaker_open + SETTLE_MS and the heal is answered 503
      (the gateway's circuit_open: checked on a probe's body and reason header, and the 503 count
      must not exceed the breaker_rejected counter's increase), p99 < REJECT_P99_MS.
-  3. B (the other upstream) has no failure during the partition, and its p99 during the partition
-     (cut -> closed) is within +OTHER_P99_REL of its baseline p99, or within OTHER_P99_ABS_MS of
-     it. The absolute slack is there because on this 2-core machine, shared by two load clients,
-     three upstream/gateway processes and the scenario itself, the p99 of a ~1 ms request moves
-     by a few ms from one 2-second window to the next with no fault at all (measured: 0.6 ms to
-     4 ms baselines); the failure this criterion is after (B dragged into A's timeouts) would put
-     B's p99 at 500 ms or more.
+  3. B (the other upstream) has no failure during the partition, and its p99 is unaffected
+     (+-20%): p99 over the B requests that started between the cut and breaker_closed (window
+     length L, about 3.1-3.6 s) against p99 over those that started in the L just before the
+     cut. Both are measured the same way: same length, same open-loop load at RATE_B (>= 1500
+     samples each). It fails when the rise beyond 20% is larger than what the two p99s can
+     resolve: p99_during > 1.2 x p99_before + 1.645 x sqrt(se_during^2 + (1.2 x se_before)^2),
+     where se is a p99's standard error from its own samples (distribution-free: the spread of
+     the order statistics around rank 0.99 n, a 95% interval / 3.92). That term is the only
+     absolute allowance, and it is the measurement's resolution, not a chosen number: with
+     ~1500-1800 samples a p99 is only known to within about its p98.5-p99.5 band, 1-6 ms wide
+     on B's tail in the runs here, so +20% of a 2-4 ms p99 (0.4-0.8 ms) cannot be resolved by
+     itself (a higher B rate would narrow the band, at the cost of CPU on this 2-core machine;
+     the term added 1.2-3.2 ms to the 20% in the README's runs). The previous rule (+20% "or
+     +5 ms") never used its 20%: with B's p99 at 1-5 ms it allowed +100% to +500%. Only a rise
+     fails: a faster B during the partition is not harm (A's requests are refused by the
+     breaker instead of proxied, so the gateway does less work); the signed change is
+     reported. Noise and sensitivity, measured with this world and no cut (chaos/README.md
+     "The other upstream's p99"): in quiet periods the rule failed 5 of 43 adjacent no-fault
+     window pairs and caught a doubling of the second window's latencies in 31 of 43; with
+     other test suites saturating both cores, 50-200 ms CPU stalls catch ~1.5% of a window's
+     requests and so set its p99, and it failed 19 of 89 pairs. A miss is therefore a
+     LatencyFail (run again once), and the line shows both p99s, the bound and the sample
+     counts. The judgement does not scale with ASan: the bound comes from the samples.
   4. After the heal: breaker_half_open no earlier than open_duration after breaker_open (-50 ms),
      breaker_closed at most open_duration + 1 s after the heal and at most CLOSE_LAG_MS after the
      open period's end (the heal comes before it and the load runs, so the trials are the first
@@ -33,6 +49,7 @@ Pass criteria (constants below; timing bounds x2.5 on an ASan build):
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -46,14 +63,14 @@ ROUTE_TIMEOUT_MS = 500
 OPEN_DURATION_S = 3
 HEAL_AFTER_OPEN_S = 2.0
 RATE_A = 200  # req/s to the partitioned upstream
-RATE_B = 200  # req/s to the other upstream
+RATE_B = 500  # req/s to the other upstream (samples for its p99, criterion 3)
 WARMUP_S = 1.0
-BASELINE_S = 2.5
+BASELINE_S = 4.5  # >= the partition window (cut -> closed, about 3.1-3.7 s): see criterion 3
 OPEN_LAG_MS = 150  # breaker_open after the 5th failure the client saw
 SETTLE_MS = 20  # requests starting this soon after a transition are not judged
 REJECT_P99_MS = 10.0
 OTHER_P99_REL = 0.20
-OTHER_P99_ABS_MS = 5.0
+OTHER_P99_Z = 1.645  # one-sided 95%: the rise beyond 20% must exceed the p99s' sampling error
 CLOSE_AFTER_HEAL_S = OPEN_DURATION_S + 1
 CLOSE_LAG_MS = 250  # closed after the open period's end (healed before it, load running)
 TIME_BOUND_S = 60
@@ -92,6 +109,33 @@ def breaker_rejected(g, name):
     return None
 
 
+def p99_se(values):
+    """(p99, its standard error) of a sample, distribution-free: the p99 is the nearest-rank
+    order statistic, and rank 0.99 n +- 1.96 sqrt(n 0.99 0.01) bounds a 95% confidence interval
+    for it; se = the interval's width / (2 x 1.96)."""
+    v = sorted(values)
+    n = len(v)
+    half = 1.96 * math.sqrt(n * 0.99 * 0.01)
+    lo = v[max(0, math.floor(n * 0.99 - half) - 1)]
+    hi = v[min(n - 1, math.ceil(n * 0.99 + half) - 1)]
+    return percentile(v, 99), (hi - lo) / (2 * 1.96)
+
+
+def other_p99(rows_b, t_cut, length_ms):
+    """Criterion 3's measurement: ((p99, n) before, (p99, n) during, the largest p99 allowed
+    during). Before: B requests that started in [t_cut - length, t_cut); during: in [t_cut,
+    t_cut + length). Same length, same load: the two p99s are measured the same way."""
+    before = [r[1] for r in window(rows_b, t_cut - length_ms, t_cut)]
+    during = [r[1] for r in window(rows_b, t_cut, t_cut + length_ms)]
+    if len(before) < 100 or len(during) < 100:
+        raise Fail(f"too few B requests to compare ({len(before)} before the cut, "
+                   f"{len(during)} after)")
+    (p_before, se_before), (p_during, se_during) = p99_se(before), p99_se(during)
+    allowed = (p_before * (1 + OTHER_P99_REL)
+               + OTHER_P99_Z * math.sqrt(se_during ** 2 + ((1 + OTHER_P99_REL) * se_before) ** 2))
+    return (p_before, len(before)), (p_during, len(during)), allowed
+
+
 def scenario(sc, mode):
     need_root()
     need_tools("ip", "nft")
@@ -127,7 +171,11 @@ def scenario(sc, mode):
     time.sleep(1.5)
     rows_a, rows_b = la.stop(), lb.stop()
     events = g.events()
-    sc.plot(la.csv, f"partition {mode}: upstream A (breaker a)", events)
+    sc.plot(la.csv, f"partition {mode}: upstream A (its link cut, breaker a)", events)
+    length = min(t_closed - t_cut, BASELINE_S * 1000)  # criterion 3's windows
+    sc.plot(lb.csv, f"partition {mode}: upstream B (the other link; criterion 3)",
+            events + [{"ts_ms": t_cut - length, "kind": "p99_window", "fields": {"what": "before"}},
+                      {"ts_ms": t_cut + length, "kind": "p99_window", "fields": {"what": "end"}}])
     if g.stop() != 0:
         raise Fail(f"breakwater did not exit 0:\n{g.logs()[-2000:]}")
     if g.sanitizer_reports():
@@ -169,18 +217,22 @@ def scenario(sc, mode):
     if p99 > REJECT_P99_MS * s:
         raise LatencyFail(f"circuit_open p99 {p99:.1f} ms >= {REJECT_P99_MS * s:.0f} ms")
 
-    # 3. the other upstream
-    base = window(rows_b, t_cut - BASELINE_S * 1000, t_cut)
-    part = window(rows_b, t_cut, t_closed)
-    b_fail = [r for r in part if not ok(r)]
-    p_base, p_part = percentile([r[1] for r in base], 99), percentile([r[1] for r in part], 99)
+    # 3. the other upstream: no failure from the cut to the close, and its p99 in that window
+    # against its p99 in an equally long window just before the cut
+    b_fail = [r for r in window(rows_b, t_cut, t_closed) if not ok(r)]
+    base, part, allowed = other_p99(rows_b, t_cut, length)
+    p_base, p_part = base[0], part[0]
     delta = 100.0 * (p_part - p_base) / p_base if p_base else 0.0
-    sc.fig(other_p99=f"{p_base:.1f}->{p_part:.1f}ms", other_p99_delta=f"{delta:+.0f}%",
+    sc.fig(other_p99=f"{p_base:.2f}->{p_part:.2f}ms", other_p99_delta=f"{delta:+.0f}%",
+           other_p99_max=f"{allowed:.2f}ms", other_samples=f"{base[1]}/{part[1]}",
            other_failed=len(b_fail))
     if b_fail:
         raise Fail(f"{len(b_fail)} requests to the other upstream failed: {b_fail[:5]}")
-    if p_part > p_base * (1 + OTHER_P99_REL) and p_part - p_base > OTHER_P99_ABS_MS * s:
-        raise LatencyFail(f"other upstream's p99 went {p_base:.1f} -> {p_part:.1f} ms")
+    if min(base[1], part[1]) < RATE_B * length / 1000 * 0.8:
+        raise Fail(f"too few B requests to judge its p99 ({base[1]} before, {part[1]} during)")
+    if p_part > allowed:
+        raise LatencyFail(f"other upstream's p99 went {p_base:.2f} -> {p_part:.2f} ms over "
+                          f"{length / 1000:.2f} s windows (max {allowed:.2f} ms)")
 
     # 4. heal
     half_after_open = (t_half - t_open) / 1000
