@@ -163,7 +163,7 @@ static fx_t *fx_new(const char *ding_secret, const char *feishu_secret)
     snprintf(f->dir, sizeof(f->dir), "/tmp/bw_test_channels.XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     fake_start(&f->fake);
-    f->cfg = live_config(config_yaml(f, ding_secret, feishu_secret));
+    f->cfg = eng_config(config_yaml(f, ding_secret, feishu_secret));
     memset(secret, 0x5a, sizeof(secret));
     al_ack_set_secret(secret); /* ack links in the messages */
     f->eopt.random = live_counter_random;
@@ -189,7 +189,7 @@ static int teardown(void **state)
     live_engine_close(&f->db, &f->e);
     gw_config_free(f->cfg);
     json_decref(f->logs);
-    live_rmtree(f->dir);
+    eng_rmtree(f->dir);
     free(f);
     return 0;
 }
@@ -210,10 +210,10 @@ static bool run_until(fx_t *f, bool (*until)(fx_t *f), uint64_t timeout_ms)
 /* status of channel's delivery of kind */
 static void assert_status(fx_t *f, const char *channel, const char *kind, const char *want)
 {
-    char *got = live_q_text(f->db,
-                            "SELECT status || ' ' || coalesce(last_error, '') FROM deliveries "
-                            "WHERE channel = %Q AND kind = %Q",
-                            channel, kind);
+    char *got = eng_q_text(f->db,
+                           "SELECT status || ' ' || coalesce(last_error, '') FROM deliveries "
+                           "WHERE channel = %Q AND kind = %Q",
+                           channel, kind);
 
     if (strncmp(got, want, strlen(want)) != 0)
         fail_msg("%s %s: got '%s', want '%s'", channel, kind, got, want);
@@ -222,26 +222,26 @@ static void assert_status(fx_t *f, const char *channel, const char *kind, const 
 
 static bool all_finished(fx_t *f)
 {
-    return live_q_int(f->db,
-                      "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
+    return eng_q_int(f->db,
+                     "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
                0 &&
-           live_q_int(f->db, "SELECT count(*) FROM deliveries") > 0;
+           eng_q_int(f->db, "SELECT count(*) FROM deliveries") > 0;
 }
 
 static bool resolved_finished(fx_t *f)
 {
     return all_finished(f) &&
-           live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'") == 10;
+           eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'") == 10;
 }
 
 static bool throttles_seen(fx_t *f)
 {
-    return live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE channel = 'mail' AND status = "
-                             "'sent'") == 1 &&
-           live_q_int(f->db,
-                      "SELECT count(*) FROM deliveries WHERE channel = 'ding' AND attempts >= 1 "
-                      "AND status = 'pending'") == 1 &&
-           live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 8;
+    return eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE channel = 'mail' AND status = "
+                            "'sent'") == 1 &&
+           eng_q_int(f->db,
+                     "SELECT count(*) FROM deliveries WHERE channel = 'ding' AND attempts >= 1 "
+                     "AND status = 'pending'") == 1 &&
+           eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 8;
 }
 
 static void raise_event(fx_t *f, const char *kind)
@@ -364,7 +364,7 @@ static void bad_signatures_and_smtp_refusals_fail_their_channel(void **state)
     assert_status(f, "mail", "firing", "failed SMTP 550");
     assert_status(f, "chat", "firing", "sent");
     assert_status(f, "pager", "firing", "sent");
-    err = live_q_text(f->db, "SELECT group_concat(last_error) FROM deliveries");
+    err = eng_q_text(f->db, "SELECT group_concat(last_error) FROM deliveries");
     assert_null(strstr(err, "not-the-secret")); /* secrets never in error texts */
     free(err);
     assert_no_secret_logged(f);
@@ -392,10 +392,9 @@ static void provider_throttles_are_retried_after_their_wait(void **state)
     raise_event(f, "breaker_open");
     assert_true(run_until(f, throttles_seen, 15000));
     now = live_wall_ms();
-    next = live_q_int(f->db, "SELECT next_attempt_at FROM deliveries WHERE channel = 'ding'");
+    next = eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries WHERE channel = 'ding'");
     assert_true(next >= (int64_t)now + 9 * 60 * 1000);
-    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries WHERE channel = 'mail'"),
-                     2);
+    assert_int_equal(eng_q_int(f->db, "SELECT attempts FROM deliveries WHERE channel = 'mail'"), 2);
 }
 
 int main(void)

@@ -110,30 +110,6 @@ static void secret_signs_the_body_like_feishu(void **state)
     fx_done(&f, j);
 }
 
-/* A firing P2 notification of n alerts, summaries "alert <i>:" followed by reps copies of unit
- * (JSON text), each with a label. */
-static char *group_payload(int n, const char *unit, size_t reps)
-{
-    char *payload = NULL, *alerts = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&alerts, &len);
-
-    assert_non_null(mem);
-    for (int i = 1; i <= n; i++) {
-        fprintf(mem,
-                "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"status\":\"firing\","
-                "\"labels\":{\"n\":\"%d\"},\"summary\":\"alert %d:",
-                i > 1 ? "," : "", i, i, i, i);
-        for (size_t r = 0; r < reps; r++)
-            fputs(unit, mem);
-        fputs("\"}", mem);
-    }
-    fclose(mem);
-    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "P2", "%s"), alerts) > 0);
-    free(alerts);
-    return payload;
-}
-
 /* How many alert divs the card spells out (the "more" div and the note aside). */
 static size_t alert_divs(json_t *j)
 {
@@ -151,7 +127,7 @@ static size_t alert_divs(json_t *j)
 
 static void group_of_eight_shows_five_then_three_more_alerts(void **state)
 {
-    char *payload = group_payload(8, "", 0), want[32];
+    char *payload = fx_group_payload(8, "", 0), want[32];
     json_t *j, *el;
     fx_t f;
 
@@ -184,7 +160,7 @@ static void group_of_eight_shows_five_then_three_more_alerts(void **state)
 /* The same words as al_render_alerts: one left is "1 more alert"; five are all shown. */
 static void the_more_line_says_alert_for_one_and_is_absent_when_all_fit(void **state)
 {
-    char *six = group_payload(6, "", 0), *five = group_payload(5, "", 0);
+    char *six = fx_group_payload(6, "", 0), *five = fx_group_payload(5, "", 0);
     json_t *j;
     fx_t f;
 
@@ -217,7 +193,7 @@ static void a_group_of_fifty_stays_under_20_kb(void **state)
 
     fx_install_ack_secret();
     for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
-        char *payload = group_payload(50, rows[r].unit, rows[r].reps);
+        char *payload = fx_group_payload(50, rows[r].unit, rows[r].reps);
         json_t *j, *el;
         size_t shown, n;
         fx_t f;

@@ -61,6 +61,42 @@
 #define FX_GROUP                                                                                   \
     FX_PAYLOAD("firing", "P0", FX_ALERT("42", "firing", FX_SUMMARY) "," FX_ALERT2("43", "firing"))
 
+/* A firing notification on tier ("P1", "P2", ...) of n alerts: alert i has the key "k<i>", the
+ * labels `labels` (the members of a JSON object, the same for every alert; NULL: one label
+ * n=<i>) and the summary "alert <i>:" followed by reps copies of unit (JSON text). Free it. */
+static inline char *fx_group_payload_on(const char *tier, int n, const char *labels,
+                                        const char *unit, size_t reps)
+{
+    char *payload = NULL, *alerts = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&alerts, &len);
+
+    assert_non_null(mem);
+    for (int i = 1; i <= n; i++) {
+        fprintf(mem,
+                "%s{\"alert_id\":\"%d\",\"dedup_key\":\"k%d\",\"status\":\"firing\",\"labels\":{",
+                i > 1 ? "," : "", i, i);
+        if (labels != NULL)
+            fputs(labels, mem);
+        else
+            fprintf(mem, "\"n\":\"%d\"", i);
+        fprintf(mem, "},\"summary\":\"alert %d:", i);
+        for (size_t r = 0; r < reps; r++)
+            fputs(unit, mem);
+        fputs("\"}", mem);
+    }
+    fclose(mem);
+    assert_true(asprintf(&payload, FX_PAYLOAD("firing", "%s", "%s"), tier, alerts) > 0);
+    free(alerts);
+    return payload;
+}
+
+/* The same on P2, each alert with one label n=<i>. */
+static inline char *fx_group_payload(int n, const char *unit, size_t reps)
+{
+    return fx_group_payload_on("P2", n, NULL, unit, reps);
+}
+
 /* The ack-link secret the tests install (acklink.h) and the external URL they configure. */
 #define FX_EXTERNAL_URL "https://gw.example.internal"
 

@@ -167,6 +167,18 @@ static void q_text(sqlite3 *c, const char *sql, char *buf, size_t len)
     sqlite3_finalize(st);
 }
 
+/* Every row of table, ordered by order_by, as row_expr, comma-separated: it must be want. */
+static void assert_rows(sqlite3 *c, const char *table, const char *order_by, const char *row_expr,
+                        const char *want)
+{
+    char sql[512], text[512];
+
+    snprintf(sql, sizeof(sql), "SELECT group_concat(%s, ',') FROM (SELECT * FROM %s ORDER BY %s)",
+             row_expr, table, order_by);
+    q_text(c, sql, text, sizeof(text));
+    assert_string_equal(text, want);
+}
+
 /* Runs statements without results, through a prepared statement each. Returns the SQLite code. */
 static int run(sqlite3 *c, const char *sql)
 {
@@ -727,25 +739,18 @@ static void upgrade_from_version_2_keeps_rows_ids_and_links(void **state)
     assert_int_equal(q_int(c, "PRAGMA user_version"), al_db_latest_version());
 
     /* Every row, with its id and its values. */
-    q_text(c,
-           "SELECT group_concat(id || ':' || status || ':' || tier, ',') FROM "
-           "(SELECT * FROM alerts ORDER BY id)",
-           text, sizeof(text));
-    assert_string_equal(text, "3:firing:0,5:acknowledged:1,8:resolved:2");
+    assert_rows(c, "alerts", "id", "id || ':' || status || ':' || tier",
+                "3:firing:0,5:acknowledged:1,8:resolved:2");
     assert_int_equal(q_int(c, "SELECT count FROM alerts WHERE id = 3"), 4);
     assert_int_equal(q_int(c, "SELECT due_at FROM alerts WHERE id = 3"), 5000);
-    q_text(c,
-           "SELECT group_concat(alert_id || ':' || kind, ',') FROM "
-           "(SELECT * FROM alert_history ORDER BY id)",
-           text, sizeof(text));
-    assert_string_equal(text, "3:raised,3:escalated,8:resolved");
-    q_text(c,
-           "SELECT group_concat(id || ':' || delivery_id || ':' || channel || ':' || kind || ':' "
-           "|| tier || ':' || status, ',') FROM (SELECT * FROM deliveries ORDER BY id)",
-           text, sizeof(text));
-    assert_string_equal(text, "4:" UUID(4) ":slack:firing:0:pending,"
-                                           "6:" UUID(6) ":pagerduty:escalated:1:sent,"
-                                                        "9:" UUID(9) ":slack:resolved:2:cancelled");
+    assert_rows(c, "alert_history", "id", "alert_id || ':' || kind",
+                "3:raised,3:escalated,8:resolved");
+    assert_rows(c, "deliveries", "id",
+                "id || ':' || delivery_id || ':' || channel || ':' || kind || ':' || tier || ':' "
+                "|| status",
+                "4:" UUID(4) ":slack:firing:0:pending,"
+                             "6:" UUID(6) ":pagerduty:escalated:1:sent,"
+                                          "9:" UUID(9) ":slack:resolved:2:cancelled");
     q_text(c,
            "SELECT next_attempt_at || '/' || attempts || '/' || last_attempt_at || '/' || "
            "last_code || '/' || last_error || '/' || expires_at || '/' || "
@@ -755,11 +760,8 @@ static void upgrade_from_version_2_keeps_rows_ids_and_links(void **state)
     assert_int_equal(q_int(c, "SELECT finished_at FROM deliveries WHERE id = 6"), 2500);
     assert_int_equal(q_int(c, "SELECT last_code FROM deliveries WHERE id = 6"), 202);
     assert_int_equal(q_int(c, "SELECT finished_at FROM deliveries WHERE id = 9"), 3000);
-    q_text(c,
-           "SELECT group_concat(delivery || '-' || alert_id, ',') FROM "
-           "(SELECT * FROM delivery_alerts ORDER BY delivery, alert_id)",
-           text, sizeof(text));
-    assert_string_equal(text, "4-3,6-3,6-5,9-8");
+    assert_rows(c, "delivery_alerts", "delivery, alert_id", "delivery || '-' || alert_id",
+                "4-3,6-3,6-5,9-8");
 
     /* Sound: integrity and foreign keys (nothing dangles after the rebuild). */
     q_text(c, "PRAGMA integrity_check", text, sizeof(text));

@@ -8,7 +8,6 @@
  * injected by a VFS shim registered as the default VFS: while g_fail_writes is set, every file
  * write fails with that SQLite code (SQLITE_FULL: a full disk; SQLITE_IOERR_WRITE: a bad disk).
  */
-#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +24,8 @@
 #include "alerts.h"
 #include "config.h"
 #include "db.h"
+
+#include "test_alerts_engine_fixture.h"
 
 #define T0 1767225600000ULL /* 2026-01-01T00:00:00Z */
 #define SEC 1000ULL
@@ -219,19 +220,9 @@ typedef struct fx {
 static gw_config_t *load_cfg(const char *alerts)
 {
     char *yaml = NULL;
-    gw_config_t *c = NULL;
-    gw_diag_t d;
-    int r;
 
     assert_true(asprintf(&yaml, "%s%s", HEAD, alerts) > 0);
-    gw_diag_init(&d);
-    r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &c, &d);
-    for (size_t i = 0; i < d.n; i++)
-        print_message("config: %s\n", d.items[i]);
-    gw_diag_dispose(&d);
-    free(yaml);
-    assert_int_equal(r, 0);
-    return c;
+    return eng_config(yaml);
 }
 
 static void fx_open(fx_t *f)
@@ -268,14 +259,6 @@ static fx_t *fx_new(const char *alerts)
     return f;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int teardown(void **state)
 {
     fx_t *f = *state;
@@ -286,7 +269,7 @@ static int teardown(void **state)
     fx_close(f);
     gw_config_free(f->cfg);
     gw_config_free(f->cfg2);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    eng_rmtree(f->dir);
     free(f);
     return 0;
 }
@@ -318,25 +301,8 @@ static int setup_flap(void **state)
 
 /* ---- helpers ---- */
 
-/* Runs sqlite3_mprintf(fmt, ...) (so %Q and %lld work) and returns the first column. */
-static int64_t q_int(fx_t *f, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql;
-    va_list ap;
-    int64_t v = -1;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_type(st, 0) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
-}
-
+/* The first column as a new string, or NULL for NULL or no row (eng_q_text() would give ""; the
+ * assertions below tell "no deliveries" from an empty value). */
 static char *q_text(fx_t *f, const char *fmt, ...)
 {
     sqlite3_stmt *st = NULL;
@@ -386,7 +352,7 @@ static void assert_idle(uint64_t next)
 
 static int64_t alert_id(fx_t *f, const char *key)
 {
-    return q_int(f, "SELECT max(id) FROM alerts WHERE dedup_key = %Q", key);
+    return eng_q_int(f->db, "SELECT max(id) FROM alerts WHERE dedup_key = %Q", key);
 }
 
 /* Deliveries written for alert id, of kind, as "channel,channel" sorted. */
@@ -436,8 +402,9 @@ static size_t deliver_all(fx_t *f, uint64_t now, al_send_result_t result)
 
 static int64_t history_count(fx_t *f, int64_t id, const char *kind)
 {
-    return q_int(f, "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND kind = %Q",
-                 (long long)id, kind);
+    return eng_q_int(f->db,
+                     "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND kind = %Q",
+                     (long long)id, kind);
 }
 
 /* ---- dedup and the event mapping ---- */
@@ -450,13 +417,16 @@ static void same_breaker_open_updates_one_alert(void **state)
     ev(f, "breaker_open", BREAKER("users"), T0);
     ev(f, "breaker_open", BREAKER("users"), T0 + 1000);
     ev(f, "breaker_open", BREAKER("orders"), T0 + 2000);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 2);
     id = alert_id(f, "breaker_open{upstream=\"users\"}");
     assert_true(id > 0);
-    assert_int_equal(q_int(f, "SELECT count FROM alerts WHERE id = %lld", (long long)id), 2);
-    assert_int_equal(q_int(f, "SELECT last_seen_at FROM alerts WHERE id = %lld", (long long)id),
-                     T0 + 1000);
-    assert_int_equal(q_int(f, "SELECT started_at FROM alerts WHERE id = %lld", (long long)id), T0);
+    assert_int_equal(eng_q_int(f->db, "SELECT count FROM alerts WHERE id = %lld", (long long)id),
+                     2);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT last_seen_at FROM alerts WHERE id = %lld", (long long)id),
+        T0 + 1000);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT started_at FROM alerts WHERE id = %lld", (long long)id), T0);
     assert_text(f, "P1 firing",
                 "SELECT CASE tier WHEN 1 THEN 'P1' END || ' ' || status FROM alerts WHERE "
                 "dedup_key = 'breaker_open{upstream=\"users\"}'");
@@ -483,16 +453,16 @@ static void clearing_events_resolve_and_notify_the_notified_channels(void **stat
     assert_int_equal(history_count(f, id, "event"), 1);
     ev(f, "breaker_closed", UPS("users"), T0 + 10 * SEC);
     assert_text(f, "resolved", "SELECT status FROM alerts");
-    assert_int_equal(q_int(f, "SELECT resolved_at FROM alerts"), T0 + 10 * SEC);
+    assert_int_equal(eng_q_int(f->db, "SELECT resolved_at FROM alerts"), T0 + 10 * SEC);
     assert_text(f, "breaker_closed", "SELECT resolved_by FROM alerts");
     assert_channels(f, id, "resolved", "chat,pager");
     /* a clear without an alert, and a second clear, change nothing */
     ev(f, "breaker_closed", UPS("users"), T0 + 11 * SEC);
     ev(f, "host_up", HOST("users", "10.0.0.1:80"), T0 + 11 * SEC);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 4);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 4);
     /* the same condition again is a new alert */
     ev(f, "breaker_open", BREAKER("users"), T0 + MIN);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 2);
     assert_true(alert_id(f, "breaker_open{upstream=\"users\"}") > id);
 }
 
@@ -562,8 +532,9 @@ static void ack_is_sent_to_incident_channels_that_were_notified(void **state)
     assert_int_equal(al_engine_ack(f->e, late, "api", T0 + 6 * SEC), 0);
     ev(f, "breaker_closed", UPS("late"), T0 + 6 * SEC);
     assert_int_equal(deliver_all(f, T0 + 7 * SEC, AL_SEND_OK), 2); /* resolved: chat, pager */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'acknowledged' AND "
-                              "status = 'cancelled'"),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM deliveries WHERE kind = 'acknowledged' AND "
+                               "status = 'cancelled'"),
                      1);
     /* an alert whose firing notification never left is not acked anywhere */
     ev(f, "breaker_open", BREAKER("fresh"), T0 + 8 * SEC);
@@ -603,8 +574,8 @@ static void rule_off_events_only_touch_existing_alerts(void **state)
     al_engine_set_config(f->e, &f->cfg2->alerts);
     ev(f, "host_down", HOST("users", "a:1"), T0 + SEC); /* exists: lineage only */
     ev(f, "host_down", HOST("users", "b:1"), T0 + SEC); /* does not: ignored */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 1);
-    assert_int_equal(q_int(f, "SELECT count FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count FROM alerts"), 1);
     assert_int_equal(history_count(f, id, "event"), 1);
     ev(f, "host_up", HOST("users", "a:1"), T0 + 2 * SEC); /* clearing still resolves */
     assert_text(f, "resolved", "SELECT status FROM alerts");
@@ -622,18 +593,18 @@ static void escalation_goes_p2_p1_p0_on_schedule(void **state)
     assert_channels(f, id, "firing", "chat");
     assert_int_equal(tick(f, T0), T0 + HOUR);
     assert_int_equal(tick(f, T0 + HOUR - 1), T0 + HOUR);
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts"), 2);
     /* unacknowledged for escalate_after (1h): P1, notified on P1's channels */
     assert_int_equal(tick(f, T0 + HOUR), T0 + HOUR + 15 * MIN);
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts"), 1);
-    assert_int_equal(q_int(f, "SELECT escalation_level FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT escalation_level FROM alerts"), 1);
     assert_channels(f, id, "escalated", "chat,pager");
     /* 15m more: P0, which repeats every 5m */
     assert_int_equal(tick(f, T0 + HOUR + 15 * MIN), T0 + HOUR + 20 * MIN);
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts"), 0);
-    assert_int_equal(q_int(f, "SELECT escalation_level FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts"), 0);
+    assert_int_equal(eng_q_int(f->db, "SELECT escalation_level FROM alerts"), 2);
     assert_channels(f, id, "escalated", "chat,pager,pager,phone");
-    assert_int_equal(q_int(f, "SELECT first_tier FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT first_tier FROM alerts"), 2);
     assert_int_equal(history_count(f, id, "escalated"), 2);
     assert_int_equal(tick(f, T0 + HOUR + 20 * MIN), T0 + HOUR + 25 * MIN);
     assert_channels(f, id, "repeat", "pager,phone");
@@ -656,7 +627,7 @@ static void p0_repeats_every_repeat_until_acknowledged(void **state)
     assert_int_equal(al_engine_ack(f->e, id, "alice", T0 + 18 * MIN), 0);
     assert_idle(tick(f, T0 + 20 * MIN));
     assert_idle(tick(f, T0 + 5 * HOUR));
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'repeat'"), 6);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'repeat'"), 6);
 }
 
 static void ack_stops_escalation_repeats_and_pending_sends(void **state)
@@ -668,24 +639,26 @@ static void ack_stops_escalation_repeats_and_pending_sends(void **state)
 
     ev(f, "breaker_open", BREAKER("users"), T0);
     id = alert_id(f, "breaker_open{upstream=\"users\"}");
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
+                     2);
     assert_int_equal(al_engine_ack(f->e, id, "alice", T0 + MIN), 0);
     /* both pending notifications were cancelled in the ack's transaction */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'cancelled'"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'cancelled'"),
+                     2);
     assert_text(f, "acknowledged alice", "SELECT status || ' ' || acked_by FROM alerts");
-    assert_int_equal(q_int(f, "SELECT next_escalation_at IS NULL AND due_at IS NULL FROM alerts"),
-                     1);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT next_escalation_at IS NULL AND due_at IS NULL FROM alerts"), 1);
     assert_int_equal(al_outbox_claim(f->e, T0 + MIN, d, 4, &n), 0);
     assert_int_equal(n, 0);
     assert_idle(tick(f, T0 + 2 * HOUR));
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 2);
     assert_int_equal(history_count(f, id, "acknowledged"), 1);
     /* acking again is a no-op; the alert still dedups new events without paging */
     assert_int_equal(al_engine_ack(f->e, id, "bob", T0 + 3 * HOUR), 0);
     assert_int_equal(history_count(f, id, "acknowledged"), 1);
     ev(f, "breaker_open", BREAKER("users"), T0 + 3 * HOUR);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 2);
     assert_int_equal(al_engine_ack(f->e, 999, NULL, T0), AL_ENOENT);
 }
 
@@ -708,7 +681,8 @@ static void ack_and_resolve_race_either_way(void **state)
     assert_int_equal(al_outbox_check(f->e, &d[1], T0 + 2), 0);
     for (size_t i = 0; i < n; i++)
         al_delivery_dispose(&d[i]);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'cancelled'"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'cancelled'"),
+                     2);
     /* ...and the condition clears afterwards: resolved; nobody was notified, nothing to send */
     ev(f, "breaker_closed", UPS("users"), T0 + MIN);
     assert_text(f, "resolved", "SELECT status FROM alerts");
@@ -747,33 +721,36 @@ static void group_wait_batches_alerts_raised_together(void **state)
     assert_int_equal(al_engine_ack(f->e, alert_id(f, "host_down{host=\"d:1\",upstream=\"users\"}"),
                                    "al", T0 + 20 * SEC),
                      0);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 0);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 0);
     assert_int_equal(tick(f, T0 + 29 * SEC), T0 + 30 * SEC);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 0);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 0);
     tick(f, T0 + 30 * SEC);
     /* one message on P2's channel speaking about the three firing alerts */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM delivery_alerts"), 3);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM delivery_alerts"), 3);
     assert_channels(f, one, "firing", "chat");
     assert_channels(f, three, "firing", "chat");
     assert_int_equal(history_count(f, one, "grouped"), 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'notified' AND "
-                              "json_extract(detail, '$.group_size') = 3"),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM alert_history WHERE kind = 'notified' AND "
+                               "json_extract(detail, '$.group_size') = 3"),
                      3);
     /* a later alert opens a new window */
     ev(f, "host_down", HOST("users", "e:1"), T0 + 31 * SEC);
     assert_int_equal(tick(f, T0 + 31 * SEC), T0 + 61 * SEC);
     tick(f, T0 + 61 * SEC);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 2);
     /* escalate_after counts from the batch's notification: the batch escalates together */
     assert_int_equal(
-        q_int(f, "SELECT next_escalation_at FROM alerts WHERE id = %lld", (long long)one),
+        eng_q_int(f->db, "SELECT next_escalation_at FROM alerts WHERE id = %lld", (long long)one),
         T0 + 30 * SEC + HOUR);
     tick(f, T0 + 30 * SEC + HOUR);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'escalated'"), 2);
-    assert_int_equal(q_int(f, "SELECT max(n) FROM (SELECT count(*) AS n FROM delivery_alerts m "
-                              "JOIN deliveries d ON d.id = m.delivery WHERE d.kind = 'escalated' "
-                              "GROUP BY d.id)"),
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'escalated'"),
+                     2);
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT max(n) FROM (SELECT count(*) AS n FROM delivery_alerts m "
+                               "JOIN deliveries d ON d.id = m.delivery WHERE d.kind = 'escalated' "
+                               "GROUP BY d.id)"),
                      3);
 }
 
@@ -811,20 +788,22 @@ static void no_healthy_hosts_mutes_its_host_down_alerts(void **state)
     assert_text(f, "firing", "SELECT status FROM alerts WHERE id = 2");
     assert_channels(f, users, "firing", NULL);
     assert_channels(f, orders, "firing", "chat");
-    assert_int_equal(q_int(f, "SELECT inhibited_by FROM alerts WHERE id = %lld", (long long)users),
-                     nh);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT inhibited_by FROM alerts WHERE id = %lld", (long long)users), nh);
     assert_int_equal(history_count(f, users, "suppressed"), 1);
     /* its escalation is muted too */
     tick(f, T0 + HOUR + SEC);
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts WHERE id = %lld", (long long)users), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts WHERE id = %lld", (long long)users),
+                     1);
     assert_channels(f, users, "escalated", NULL);
     assert_channels(f, orders, "escalated", "chat,pager");
     /* the upstream recovers but this host stays down: now it is paged, at its current tier */
     ev(f, "no_healthy_hosts_cleared", UPS("users"), T0 + HOUR + MIN);
     tick(f, T0 + HOUR + MIN);
     assert_channels(f, users, "escalated", "chat,pager");
-    assert_int_equal(
-        q_int(f, "SELECT inhibited_by IS NULL FROM alerts WHERE id = %lld", (long long)users), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT inhibited_by IS NULL FROM alerts WHERE id = %lld",
+                               (long long)users),
+                     1);
 }
 
 /* ---- flap hold-down ---- */
@@ -840,24 +819,25 @@ static void flapping_alert_stays_firing_until_stable(void **state)
         ev(f, "breaker_closed", UPS("users"), t + 30 * SEC);
         t += MIN;
     }
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE status = 'resolved'"), 3);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE status = 'resolved'"), 3);
     /* the 4th firing within 10 minutes: flapping */
     ev(f, "breaker_open", BREAKER("users"), t);
     id = alert_id(f, "breaker_open{upstream=\"users\"}");
-    assert_int_equal(q_int(f, "SELECT flapping FROM alerts WHERE id = %lld", (long long)id), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT flapping FROM alerts WHERE id = %lld", (long long)id),
+                     1);
     assert_text(f, "Circuit breaker for upstream 'users' opened: 5 consecutive failures (flapping)",
                 "SELECT summary FROM alerts WHERE id = 4");
     assert_int_equal(history_count(f, id, "flapping"), 1);
     /* it clears: held, not resolved */
     ev(f, "breaker_closed", UPS("users"), t + 30 * SEC);
     assert_text(f, "firing", "SELECT status FROM alerts WHERE id = 4");
-    assert_int_equal(q_int(f, "SELECT hold_until FROM alerts WHERE id = 4"),
+    assert_int_equal(eng_q_int(f->db, "SELECT hold_until FROM alerts WHERE id = 4"),
                      t + 30 * SEC + 5 * MIN);
     /* it comes back within the hold-down: same alert, hold cancelled */
     ev(f, "breaker_open", BREAKER("users"), t + MIN);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 4);
-    assert_int_equal(q_int(f, "SELECT flap_count FROM alerts WHERE id = 4"), 1);
-    assert_int_equal(q_int(f, "SELECT hold_until IS NULL FROM alerts WHERE id = 4"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 4);
+    assert_int_equal(eng_q_int(f->db, "SELECT flap_count FROM alerts WHERE id = 4"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT hold_until IS NULL FROM alerts WHERE id = 4"), 1);
     ev(f, "breaker_closed", UPS("users"), t + 2 * MIN);
     /* stable for the hold-down: resolved, exactly then */
     tick(f, t + 7 * MIN - 1);
@@ -865,10 +845,11 @@ static void flapping_alert_stays_firing_until_stable(void **state)
     tick(f, t + 7 * MIN);
     assert_text(f, "resolved flap_hold_down",
                 "SELECT status || ' ' || resolved_by FROM alerts WHERE id = 4");
-    assert_int_equal(q_int(f, "SELECT resolved_at FROM alerts WHERE id = 4"), t + 7 * MIN);
+    assert_int_equal(eng_q_int(f->db, "SELECT resolved_at FROM alerts WHERE id = 4"), t + 7 * MIN);
     /* one page for the whole flapping episode */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries d JOIN delivery_alerts m ON "
-                              "m.delivery = d.id WHERE m.alert_id = 4 AND d.kind = 'firing'"),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM deliveries d JOIN delivery_alerts m ON "
+                               "m.delivery = d.id WHERE m.alert_id = 4 AND d.kind = 'firing'"),
                      2);
 }
 
@@ -889,10 +870,11 @@ static void silenced_alert_is_recorded_and_notified_when_the_silence_ends(void *
     orders = alert_id(f, "host_down{host=\"z:1\",upstream=\"orders\"}");
     assert_channels(f, users, "firing", NULL);
     assert_channels(f, orders, "firing", "chat");
-    assert_int_equal(q_int(f, "SELECT silenced_by FROM alerts WHERE id = %lld", (long long)users),
-                     sid);
-    assert_int_equal(q_int(f, "SELECT recheck_at FROM alerts WHERE id = %lld", (long long)users),
-                     T0 + HOUR);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT silenced_by FROM alerts WHERE id = %lld", (long long)users), sid);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT recheck_at FROM alerts WHERE id = %lld", (long long)users),
+        T0 + HOUR);
     /* the silence ends before the escalation: the owed firing notification goes out then */
     tick(f, T0 + HOUR);
     assert_channels(f, users, "firing", "chat");
@@ -998,10 +980,10 @@ static void crash_alerts_resolve_after_a_quiet_period(void **state)
 
     assert_int_equal(al_engine_event(f->e, "worker_crash", 0, "{\"worker\":0,\"signal\":11}", T0),
                      0);
-    assert_int_equal(q_int(f, "SELECT auto_resolve_at FROM alerts"), T0 + 30 * MIN);
+    assert_int_equal(eng_q_int(f->db, "SELECT auto_resolve_at FROM alerts"), T0 + 30 * MIN);
     assert_int_equal(
         al_engine_event(f->e, "worker_crash", 0, "{\"worker\":0,\"signal\":6}", T0 + 10 * MIN), 0);
-    assert_int_equal(q_int(f, "SELECT auto_resolve_at FROM alerts"), T0 + 40 * MIN);
+    assert_int_equal(eng_q_int(f->db, "SELECT auto_resolve_at FROM alerts"), T0 + 40 * MIN);
     tick(f, T0 + 40 * MIN - 1);
     assert_text(f, "firing", "SELECT status FROM alerts");
     tick(f, T0 + 40 * MIN);
@@ -1021,17 +1003,18 @@ static void retention_prunes_old_resolved_alerts_only(void **state)
     f->opt.prune_every_ms = MIN;
     fx_open(f);
     tick(f, T0 + 30 * 24 * HOUR); /* retention is 30d: not yet */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 2);
     assert_int_equal(al_engine_ack(f->e, 2, "x", T0 + 30 * 24 * HOUR), 0);
     tick(f, T0 + 30 * 24 * HOUR + 2 * MIN);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE alert_id = 1"), 0);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alert_history WHERE alert_id = 1"), 0);
     /* the pruned alert's deliveries went with it; the live alert's stay */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'"), 0);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries d WHERE NOT EXISTS "
-                              "(SELECT 1 FROM delivery_alerts m WHERE m.delivery = d.id)"),
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'"),
                      0);
-    assert_true(q_int(f, "SELECT count(*) FROM deliveries") >= 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries d WHERE NOT EXISTS "
+                                      "(SELECT 1 FROM delivery_alerts m WHERE m.delivery = d.id)"),
+                     0);
+    assert_true(eng_q_int(f->db, "SELECT count(*) FROM deliveries") >= 2);
 }
 
 /* ---- restart ---- */
@@ -1048,7 +1031,7 @@ static void timers_survive_a_restart(void **state)
     assert_int_equal(al_engine_start(f->e, T0 + 2 * HOUR), 0);
     /* down for two hours: escalated once on the first tick, then back on schedule */
     assert_int_equal(tick(f, T0 + 2 * HOUR), T0 + 2 * HOUR + 15 * MIN);
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts"), 1);
     assert_channels(f, id, "escalated", "chat,pager");
 }
 
@@ -1087,7 +1070,7 @@ static void store_failure_holds_inputs_in_memory_and_flushes_in_order(void **sta
     assert_int_equal(al_engine_tick(f->e, T0 + 10 * SEC, NULL), AL_DB_EIO);
     assert_int_equal(al_engine_queued(f->e), 3);
     g_fail_writes = 0;
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts"), 0);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alerts"), 0);
     tick(f, T0 + 20 * SEC);
     assert_int_equal(al_engine_queued(f->e), 0);
     al_engine_stats(f->e, &st);
@@ -1098,8 +1081,8 @@ static void store_failure_holds_inputs_in_memory_and_flushes_in_order(void **sta
                 "SELECT group_concat(dedup_key, ',') FROM (SELECT dedup_key FROM alerts ORDER "
                 "BY id)");
     /* applied with the time they arrived */
-    assert_int_equal(q_int(f, "SELECT started_at FROM alerts WHERE id = 2"), T0 + 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries"), 4);
+    assert_int_equal(eng_q_int(f->db, "SELECT started_at FROM alerts WHERE id = 2"), T0 + 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 4);
     assert_int_equal(al_db_integrity_check(f->db, 1, err, sizeof(err)), 0);
 }
 
@@ -1112,7 +1095,8 @@ static void store_failure_on_ack_is_reported_not_queued(void **state)
     assert_int_equal(al_engine_ack(f->e, 1, "a", T0 + 1), AL_DB_ENOSPC);
     g_fail_writes = 0;
     assert_text(f, "firing", "SELECT status FROM alerts");
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
+                     2);
     assert_int_equal(al_engine_ack(f->e, 1, "a", T0 + 2), 0);
 }
 
@@ -1132,12 +1116,13 @@ static void store_failure_in_tick_or_record_changes_nothing_and_is_retried(void 
     assert_int_equal(next, T0 + HOUR + SEC); /* retried soon, not in a busy loop */
     assert_int_equal(al_outbox_record(f->e, &d[0], &ok, T0 + HOUR), AL_DB_EIO);
     g_fail_writes = 0;
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts"), 2);
     assert_text(f, "sending", "SELECT status FROM deliveries");
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'escalated'"), 0);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT count(*) FROM alert_history WHERE kind = 'escalated'"), 0);
     /* the store is back: the same work goes through */
     tick(f, T0 + HOUR + SEC);
-    assert_int_equal(q_int(f, "SELECT tier FROM alerts"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT tier FROM alerts"), 1);
     assert_int_equal(al_outbox_record(f->e, &d[0], &ok, T0 + HOUR + SEC), 0);
     assert_text(f, "sent", "SELECT status FROM deliveries WHERE id = 1");
     al_delivery_dispose(&d[0]);
@@ -1248,7 +1233,6 @@ static void version_1_database_upgrades_to_the_alert_schema(void **state)
     struct al_db_migration m[] = {{"0001_events.sql", v1}};
     struct al_db_options o = {m, 1, 0};
     al_db_t *db = NULL;
-    fx_t g;
 
     snprintf(dir, sizeof(dir), "%s/old", f->dir);
     assert_int_equal(al_db_open_with(dir, &o, &db, err, sizeof(err)), 0);
@@ -1261,12 +1245,10 @@ static void version_1_database_upgrades_to_the_alert_schema(void **state)
     free(v1);
     assert_int_equal(al_db_open(dir, &db, err, sizeof(err)), 0);
     assert_true(al_db_schema_version(db) >= 2);
-    g = *f;
-    g.db = db;
-    assert_int_equal(q_int(&g, "SELECT count(*) FROM events"), 1);
-    assert_int_equal(q_int(&g, "SELECT count(*) FROM sqlite_schema WHERE name IN ('alerts', "
-                               "'alert_history', 'deliveries', 'delivery_alerts', 'silences', "
-                               "'alerts_due', 'deliveries_due', 'alerts_active_key')"),
+    assert_int_equal(eng_q_int(db, "SELECT count(*) FROM events"), 1);
+    assert_int_equal(eng_q_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('alerts', "
+                                   "'alert_history', 'deliveries', 'delivery_alerts', 'silences', "
+                                   "'alerts_due', 'deliveries_due', 'alerts_active_key')"),
                      8);
     assert_int_equal(al_db_integrity_check(db, 1, err, sizeof(err)), 0);
     al_db_close(db);

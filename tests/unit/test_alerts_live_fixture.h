@@ -4,8 +4,9 @@
  * from tests/integration (receiver.py, fake_providers.py) as the far end on loopback.
  *
  * What is here is what those tests share: starting and stopping the helper, a blocking call to
- * its control endpoints, the config, engine and sender set-up and tear-down, running the loop
- * until a condition holds, and one-value SQL reads. Each test keeps its own fixture struct.
+ * its control endpoints, the engine and sender set-up and tear-down, and running the loop until
+ * a condition holds; the config, the one-value SQL reads and removing the temporary directory
+ * come from test_alerts_engine_fixture.h. Each test keeps its own fixture struct.
  *
  * Every helper is static inline so each test file uses what it needs without unused-function
  * warnings. Not a test itself (the CMake glob takes tests/unit/test_*.c only).
@@ -13,11 +14,9 @@
 #ifndef TEST_ALERTS_LIVE_FIXTURE_H
 #define TEST_ALERTS_LIVE_FIXTURE_H
 
-#include <ftw.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,13 +30,14 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <jansson.h>
-#include <sqlite3.h>
 #include <uv.h>
 
 #include "alerts.h"
 #include "config.h"
 #include "db.h"
 #include "sender.h"
+
+#include "test_alerts_engine_fixture.h"
 
 #define LIVE_PYTHON "/usr/bin/python3"
 
@@ -170,23 +170,6 @@ static inline void live_capture_log(void *ctx, int level, const char *msg, json_
     json_array_append_new(ctx, o);
 }
 
-/* Parses a config (printing its diagnostics); it must be valid. Takes yaml (malloc'd). */
-static inline gw_config_t *live_config(char *yaml)
-{
-    gw_config_t *cfg = NULL;
-    gw_diag_t d;
-    int r;
-
-    gw_diag_init(&d);
-    r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, &d);
-    for (size_t i = 0; i < d.n; i++)
-        print_message("config: %s\n", d.items[i]);
-    gw_diag_dispose(&d);
-    free(yaml);
-    assert_int_equal(r, 0);
-    return cfg;
-}
-
 /* Opens the database in dir and an engine on it, started (al_engine_start) at the wall clock. */
 static inline void live_engine_open(const char *dir, const gw_config_t *cfg,
                                     const al_engine_options_t *opt, al_db_t **db, al_engine_t **e)
@@ -259,59 +242,6 @@ static inline bool live_run_until(uv_loop_t *loop, bool (*check)(void *ctx), voi
     uv_close((uv_handle_t *)&timer, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     return w.met;
-}
-
-/* The first column of the first row of a query (sqlite3_mprintf format) as an integer; -1 for
- * NULL or no row. */
-static inline int64_t live_q_int(al_db_t *db, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql;
-    va_list ap;
-    int64_t v = -1;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(db), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
-}
-
-/* The same as a new string ("" for NULL or no row). */
-static inline char *live_q_text(al_db_t *db, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql, *v;
-    va_list ap;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(db), sql, -1, &st, NULL), SQLITE_OK);
-    v = strdup(sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL
-                   ? (const char *)sqlite3_column_text(st, 0)
-                   : "");
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
-}
-
-static inline int live_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* Removes a temporary directory and everything in it. */
-static inline void live_rmtree(const char *dir)
-{
-    nftw(dir, live_rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
 
 #endif

@@ -13,7 +13,6 @@
  * jitter at the bottom of its range, delay = base/2; "high" mode counts down from UINT64_MAX and
  * puts it at the top, delay = base).
  */
-#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,6 +28,8 @@
 #include "alerts.h"
 #include "config.h"
 #include "db.h"
+
+#include "test_alerts_engine_fixture.h"
 
 #define T0 1767225600000ULL /* 2026-01-01T00:00:00Z */
 #define SEC 1000ULL
@@ -93,20 +94,12 @@ static fx_t *fx_new_cfg(const char *head, const char *extra, uint32_t failing_af
 {
     fx_t *f = calloc(1, sizeof(*f));
     char *yaml = NULL;
-    gw_diag_t d;
-    int r;
 
     assert_non_null(f);
     snprintf(f->dir, sizeof(f->dir), "/tmp/bw_test_outbox.XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     assert_true(asprintf(&yaml, "%s%s", head, extra) > 0);
-    gw_diag_init(&d);
-    r = gw_config_load_string("t.yaml", yaml, strlen(yaml), &f->cfg, &d);
-    for (size_t i = 0; i < d.n; i++)
-        print_message("config: %s\n", d.items[i]);
-    gw_diag_dispose(&d);
-    free(yaml);
-    assert_int_equal(r, 0);
+    f->cfg = eng_config(yaml);
     f->opt.random = test_random;
     f->opt.random_ctx = &f->rng;
     f->opt.source = "breakwater@test";
@@ -120,21 +113,13 @@ static fx_t *fx_new(const char *extra, uint32_t failing_after)
     return fx_new_cfg(HEAD, extra, failing_after);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int teardown(void **state)
 {
     fx_t *f = *state;
 
     fx_close(f);
     gw_config_free(f->cfg);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    eng_rmtree(f->dir);
     free(f);
     return 0;
 }
@@ -212,25 +197,6 @@ static int setup_windows(void **state)
                                   "    P2: { channels: [chat] }\n",
                         "", 1);
     return 0;
-}
-
-/* Runs sqlite3_mprintf(fmt, ...) and returns the first column (-1 for NULL or no row). */
-static int64_t q_int(fx_t *f, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    char *sql;
-    va_list ap;
-    int64_t v = -1;
-
-    va_start(ap, fmt);
-    sql = sqlite3_vmprintf(fmt, ap);
-    va_end(ap);
-    assert_int_equal(sqlite3_prepare_v2(al_db_handle(f->db), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_free(sql);
-    return v;
 }
 
 static void assert_text(fx_t *f, const char *want, const char *sql)
@@ -351,7 +317,8 @@ static void retries_follow_the_backoff_and_honour_retry_after(void **state)
         assert_string_equal(d[0].delivery_id, id0); /* stable across attempts */
         record(f, &d[0], AL_SEND_RETRY, 503, 0, now);
         dispose(d, 1);
-        assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + delays[i]);
+        assert_int_equal(eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries"),
+                         now + delays[i]);
         assert_int_equal(al_outbox_next_due(f->e, &next), 0);
         assert_int_equal(next, now + delays[i]);
         assert_int_equal(claim(f, now + delays[i] - 1, d, 2), 0);
@@ -361,12 +328,12 @@ static void retries_follow_the_backoff_and_honour_retry_after(void **state)
     /* Retry-After is a floor: 10 min although the backoff says 150 s */
     record(f, &d[0], AL_SEND_RETRY, 429, 600 * SEC, now);
     dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + 600 * SEC);
+    assert_int_equal(eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries"), now + 600 * SEC);
     now += 600 * SEC;
     assert_int_equal(claim(f, now, d, 2), 1);
     record(f, &d[0], AL_SEND_RETRY, 429, 1 * SEC, now); /* shorter than the backoff: backoff */
     dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + 150 * SEC);
+    assert_int_equal(eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries"), now + 150 * SEC);
     assert_text(f, "pending|429|boom",
                 "SELECT status || '|' || last_code || '|' || last_error FROM deliveries");
     /* the jitter's top end */
@@ -375,16 +342,17 @@ static void retries_follow_the_backoff_and_honour_retry_after(void **state)
     assert_int_equal(claim(f, now, d, 2), 1);
     record(f, &d[0], AL_SEND_RETRY, 500, 0, now);
     dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries"), now + 300 * SEC);
+    assert_int_equal(eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries"), now + 300 * SEC);
     /* and finally it goes through */
     now += 300 * SEC;
     assert_int_equal(claim(f, now, d, 2), 1);
     record(f, &d[0], AL_SEND_OK, 200, 0, now);
     dispose(d, 1);
     assert_text(f, "sent", "SELECT status FROM deliveries");
-    assert_int_equal(q_int(f, "SELECT attempts FROM deliveries"), 14);
-    assert_int_equal(q_int(f, "SELECT finished_at FROM deliveries"), now);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'"), 14);
+    assert_int_equal(eng_q_int(f->db, "SELECT attempts FROM deliveries"), 14);
+    assert_int_equal(eng_q_int(f->db, "SELECT finished_at FROM deliveries"), now);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'"),
+                     14);
 }
 
 static void max_attempts_fails_and_raises_delivery_failing(void **state)
@@ -430,7 +398,7 @@ static void max_age_ends_retries(void **state)
         assert_int_equal(claim(f, now, d, 1), 1);
         record(f, &d[0], AL_SEND_RETRY, 502, 0, now);
         dispose(d, 1);
-        now = (uint64_t)q_int(f, "SELECT next_attempt_at FROM deliveries");
+        now = (uint64_t)eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries");
     }
     assert_int_equal(now, T0 + 7500);
     assert_int_equal(claim(f, now, d, 1), 1);
@@ -460,7 +428,8 @@ static void permanent_failure_is_final(void **state)
     assert_text(f, "failed|1|400",
                 "SELECT status || '|' || attempts || '|' || last_code FROM "
                 "deliveries WHERE id = 1");
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 1);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 1);
 }
 
 static void ambiguous_attempts_retry_p0_p1_and_end_p2(void **state)
@@ -483,7 +452,8 @@ static void ambiguous_attempts_retry_p0_p1_and_end_p2(void **state)
     /* a P2 that may have been delivered still gets its resolved notification */
     ev(f, "host_up", HOST("orders", "z:1"), T0 + MIN);
     assert_int_equal(
-        q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'resolved' AND channel = 'chat'"),
+        eng_q_int(f->db,
+                  "SELECT count(*) FROM deliveries WHERE kind = 'resolved' AND channel = 'chat'"),
         1);
 }
 
@@ -503,7 +473,7 @@ static void expired_lease_is_retried_and_late_results_are_refused(void **state)
     assert_text(f, "pending,pending",
                 "SELECT group_concat(status, ',') FROM (SELECT status FROM deliveries ORDER BY "
                 "id)");
-    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries WHERE id = 1"),
+    assert_int_equal(eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries WHERE id = 1"),
                      T0 + 60 * SEC + 500);
     assert_text(f,
                 "lease expired: the sender did not report a result (the process died?); sending "
@@ -571,8 +541,9 @@ static void delivery_ids_are_stable_unique_uuids(void **state)
         assert_non_null(strchr("89ab", u[19]));
     }
     assert_string_not_equal(d[0].delivery_id, d[1].delivery_id);
-    assert_int_equal(
-        q_int(f, "SELECT count(*) FROM deliveries WHERE delivery_id = '%q'", d[0].delivery_id), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE delivery_id = '%q'",
+                               d[0].delivery_id),
+                     1);
     dispose(d, n);
 }
 
@@ -584,7 +555,8 @@ static void resolved_waits_for_its_firing_in_flight_on_the_same_channel(void **s
     ev(f, "breaker_open", BREAKER("users"), T0);
     assert_int_equal(claim(f, T0, d, 4), 2); /* firing: chat, pager (sending) */
     ev(f, "breaker_closed", UPS("users"), T0 + 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE kind = 'resolved'"),
+                     2);
     assert_int_equal(claim(f, T0 + 2, r, 4), 0);
     /* the firing message to chat lands: now chat's resolved may go, pager's still waits */
     assert_string_equal(d[0].channel, "chat");
@@ -700,16 +672,17 @@ static void rate_limit_folds_the_excess_into_one_delivery(void **state)
     assert_text(f, "pending|0|3",
                 "SELECT status || '|' || sum(attempts) || '|' || count(*) FROM deliveries "
                 "WHERE id > 2 GROUP BY status");
-    assert_int_equal(q_int(f, "SELECT min(next_attempt_at) FROM deliveries WHERE id > 2"),
+    assert_int_equal(eng_q_int(f->db, "SELECT min(next_attempt_at) FROM deliveries WHERE id > 2"),
                      T0 + 30 * SEC);
-    assert_int_equal(q_int(f, "SELECT max(next_attempt_at) FROM deliveries WHERE id > 2"),
+    assert_int_equal(eng_q_int(f->db, "SELECT max(next_attempt_at) FROM deliveries WHERE id > 2"),
                      T0 + 30 * SEC);
     assert_int_equal(next_due(f), T0 + 30 * SEC);
     assert_int_equal(claim(f, T0 + 30 * SEC - 1, d, 8), 0);
     assert_int_equal(next_due(f), T0 + 30 * SEC); /* a look before the token changes nothing */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alert_history WHERE kind = 'delivery' AND "
-                              "json_extract(detail, '$.reason') = "
-                              "'waiting for a token of the channel''s rate limit'"),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM alert_history WHERE kind = 'delivery' AND "
+                               "json_extract(detail, '$.reason') = "
+                               "'waiting for a token of the channel''s rate limit'"),
                      3); /* once per waiting notification */
     /* the token: one delivery carries the three */
     assert_int_equal(claim(f, T0 + 30 * SEC, d, 8), 1);
@@ -720,7 +693,8 @@ static void rate_limit_folds_the_excess_into_one_delivery(void **state)
     memcpy(carrier, d[0].delivery_id, sizeof(carrier));
     assert_text(f, "folded,folded",
                 "SELECT group_concat(status, ',') FROM deliveries WHERE folded_into = 3");
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 0);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
+                     0);
     snprintf(want, sizeof(want), "folded into delivery %s (channel rate limit)", carrier);
     for (int i = 3; i < 5; i++) {
         char sql[256];
@@ -733,14 +707,15 @@ static void rate_limit_folds_the_excess_into_one_delivery(void **state)
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 30 * SEC + 5);
     dispose(d, 1);
     /* nothing lost, nothing twice; the carrier's attempt is in the folded alerts' lineage too */
-    assert_int_equal(q_int(f, "SELECT count(*) FROM (SELECT m.alert_id FROM delivery_alerts m "
-                              "JOIN deliveries d ON d.id = m.delivery WHERE d.status = 'sent' "
-                              "GROUP BY m.alert_id HAVING count(*) = 1)"),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM (SELECT m.alert_id FROM delivery_alerts m "
+                               "JOIN deliveries d ON d.id = m.delivery WHERE d.status = 'sent' "
+                               "GROUP BY m.alert_id HAVING count(*) = 1)"),
                      5);
-    assert_int_equal(q_int(f,
-                           "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND "
-                           "kind = 'delivery' AND json_extract(detail, '$.status') = 'sent'",
-                           (long long)a[4]),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND "
+                               "kind = 'delivery' AND json_extract(detail, '$.status') = 'sent'",
+                               (long long)a[4]),
                      1);
     assert_int_equal(next_due(f), NEVER);
 }
@@ -760,7 +735,7 @@ static void p0_has_reserved_capacity(void **state)
     for (size_t i = 0; i < 3; i++)
         assert_int_equal(d[i].tier, GW_TIER_P2);
     /* the 4th P2 needs 2 tokens: 1 more, 15 s at 4/m */
-    assert_int_equal(q_int(f, "SELECT next_attempt_at FROM deliveries WHERE id = 4"),
+    assert_int_equal(eng_q_int(f->db, "SELECT next_attempt_at FROM deliveries WHERE id = 4"),
                      T0 + 15 * SEC);
     /* a P0 raised meanwhile takes the reserve at once; the P2 keeps waiting */
     ext(f, "P0", "core", T0 + SEC);
@@ -776,7 +751,7 @@ static void p0_has_reserved_capacity(void **state)
     for (size_t i = 0; i < 5; i++)
         record(f, &d[i], AL_SEND_OK, 200, 0, T0 + 30 * SEC);
     dispose(d, 5);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 5);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 5);
 }
 
 /* An ack while notifications wait cancels them (they are not folded); an ack after the folded
@@ -813,15 +788,33 @@ static void ack_before_the_folded_send_cancels(void **state)
     assert_text(f, "folded,folded",
                 "SELECT group_concat(status, ',') FROM deliveries WHERE folded_into = 3");
     for (int i = 4; i < 6; i++)
-        assert_int_equal(q_int(f,
-                               "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND "
-                               "kind = 'cancelled'",
-                               (long long)a[i]),
+        assert_int_equal(eng_q_int(f->db,
+                                   "SELECT count(*) FROM alert_history WHERE alert_id = %lld AND "
+                                   "kind = 'cancelled'",
+                                   (long long)a[i]),
                          1);
     uint64_t depth = 9;
     assert_int_equal(al_outbox_depth(f->e, &depth), 0);
     assert_int_equal(depth, 0);
     assert_int_equal(next_due(f), NEVER);
+}
+
+/* 1/h: a first P0 alert takes the hour's token at T0 and is sent; n more ("n0", "n1", ...)
+ * raised at T0 + 1 s all wait for the next token. */
+static void backlog_behind_a_spent_token(fx_t *f, int n)
+{
+    al_delivery_t d[4];
+
+    ext(f, "P0", "first", T0);
+    assert_int_equal(claim(f, T0, d, 4), 1);
+    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
+    dispose(d, 1);
+    for (int i = 0; i < n; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "n%d", i);
+        ext(f, "P0", name, T0 + SEC);
+    }
+    assert_int_equal(claim(f, T0 + SEC, d, 4), 0);
 }
 
 /* 1/h: a token carries at most AL_GROUP_MAX alerts; the rest wait for the next one. */
@@ -831,23 +824,15 @@ static void folding_respects_the_group_bound(void **state)
     al_delivery_t d[4];
     int64_t ids[AL_GROUP_MAX], folded = -1;
 
-    ext(f, "P0", "first", T0);
-    assert_int_equal(claim(f, T0, d, 4), 1);
-    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
-    dispose(d, 1);
-    for (int i = 0; i < AL_GROUP_MAX + 10; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "n%d", i);
-        ext(f, "P0", name, T0 + SEC);
-    }
-    assert_int_equal(claim(f, T0 + SEC, d, 4), 0);
+    backlog_behind_a_spent_token(f, AL_GROUP_MAX + 10);
     assert_int_equal(next_due(f), T0 + HOUR);
     assert_int_equal(claim(f, T0 + HOUR, d, 4), 1);
     assert_int_equal(payload_ids(&d[0], ids, AL_GROUP_MAX, &folded), AL_GROUP_MAX);
     assert_int_equal(folded, AL_GROUP_MAX - 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM deliveries WHERE status = 'pending'"), 10);
-    assert_int_equal(q_int(f, "SELECT min(next_attempt_at) FROM deliveries WHERE status = "
-                              "'pending'"),
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
+                     10);
+    assert_int_equal(eng_q_int(f->db, "SELECT min(next_attempt_at) FROM deliveries WHERE status = "
+                                      "'pending'"),
                      T0 + 2 * HOUR);
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + HOUR);
     dispose(d, 1);
@@ -856,9 +841,10 @@ static void folding_respects_the_group_bound(void **state)
     assert_int_equal(folded, 9);
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 2 * HOUR);
     dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM (SELECT m.alert_id FROM delivery_alerts m "
-                              "JOIN deliveries d ON d.id = m.delivery WHERE d.status = 'sent' "
-                              "GROUP BY m.alert_id HAVING count(*) = 1)"),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM (SELECT m.alert_id FROM delivery_alerts m "
+                               "JOIN deliveries d ON d.id = m.delivery WHERE d.status = 'sent' "
+                               "GROUP BY m.alert_id HAVING count(*) = 1)"),
                      AL_GROUP_MAX + 11);
 }
 
@@ -889,8 +875,9 @@ static void only_the_same_kind_folds_and_order_is_kept(void **state)
     assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 3);
     assert_true(ids[0] == b && ids[1] == c && ids[2] == p2);
     assert_int_equal(folded, 2);
-    assert_int_equal(q_int(f, "SELECT tier FROM deliveries WHERE id = %lld", (long long)d[0].id),
-                     GW_TIER_P1);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT tier FROM deliveries WHERE id = %lld", (long long)d[0].id),
+        GW_TIER_P1);
     /* the resolved notification is another kind: it waits for a token of its own */
     assert_text(f, "pending", "SELECT status FROM deliveries WHERE kind = 'resolved'");
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 30 * SEC);
@@ -917,11 +904,11 @@ static void only_the_same_kind_folds_and_order_is_kept(void **state)
     assert_int_equal(payload_ids(&d[0], ids, 8, &folded), 1);
     assert_int_equal(ids[0], y);
     assert_int_equal(folded, 0);
-    assert_int_equal(q_int(f,
-                           "SELECT count(*) FROM deliveries d JOIN delivery_alerts m ON "
-                           "m.delivery = d.id WHERE d.kind = 'resolved' AND d.status = "
-                           "'pending' AND m.alert_id = %lld",
-                           (long long)x),
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM deliveries d JOIN delivery_alerts m ON "
+                               "m.delivery = d.id WHERE d.kind = 'resolved' AND d.status = "
+                               "'pending' AND m.alert_id = %lld",
+                               (long long)x),
                      1);
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 240 * SEC);
     record(f, &fx[0], AL_SEND_OK, 200, 0, T0 + 241 * SEC);
@@ -955,16 +942,7 @@ static void a_limited_backlog_does_not_hold_back_other_channels(void **state)
     al_delivery_t d[4];
     int64_t ids[AL_GROUP_MAX], folded = -1;
 
-    ext(f, "P0", "first", T0);
-    assert_int_equal(claim(f, T0, d, 4), 1);
-    record(f, &d[0], AL_SEND_OK, 200, 0, T0);
-    dispose(d, 1);
-    for (int i = 0; i < 70; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "n%d", i);
-        ext(f, "P0", name, T0 + SEC);
-    }
-    assert_int_equal(claim(f, T0 + SEC, d, 4), 0);
+    backlog_behind_a_spent_token(f, 70);
     ext(f, "P1", "api", T0 + HOUR); /* chat: not limited; due with the backlog, after it */
     assert_int_equal(claim(f, T0 + HOUR, d, 4), 2);
     assert_string_equal(d[0].channel, "ding");
@@ -975,23 +953,28 @@ static void a_limited_backlog_does_not_hold_back_other_channels(void **state)
 
 /* ---- delivery_failing follows the tier's window ---- */
 
+/* Claims the one delivery due at now and records a failed attempt to be retried (HTTP status). */
+static void fail_attempt(fx_t *f, int status, uint64_t now)
+{
+    al_delivery_t d[2];
+
+    assert_int_equal(claim(f, now, d, 2), 1);
+    record(f, &d[0], AL_SEND_RETRY, status, 0, now);
+    dispose(d, 1);
+}
+
 static void delivery_failing_waits_for_the_tier_window(void **state)
 {
     fx_t *f = *state;
-    al_delivery_t d[2];
     int64_t p1 = ext(f, "P1", "api", T0);
 
     /* P1 (escalate_after 15m): failed attempts inside the window raise nothing */
-    for (uint64_t t = T0; t < T0 + 15 * MIN; t += 5 * MIN) {
-        assert_int_equal(claim(f, t, d, 2), 1);
-        record(f, &d[0], AL_SEND_RETRY, 503, 0, t);
-        dispose(d, 1);
-    }
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
+    for (uint64_t t = T0; t < T0 + 15 * MIN; t += 5 * MIN)
+        fail_attempt(f, 503, t);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
     /* the first failed attempt at 15 minutes does */
-    assert_int_equal(claim(f, T0 + 15 * MIN, d, 2), 1);
-    record(f, &d[0], AL_SEND_RETRY, 503, 0, T0 + 15 * MIN);
-    dispose(d, 1);
+    fail_attempt(f, 503, T0 + 15 * MIN);
     assert_text(f, "delivery_failing{channel=\"chat\"}|firing|900000",
                 "SELECT dedup_key || '|' || status || '|' || (SELECT json_extract(detail, "
                 "'$.fields.undelivered_ms') FROM alert_history h WHERE h.alert_id = alerts.id "
@@ -1006,17 +989,13 @@ static void delivery_failing_windows_by_tier(void **state)
 
     /* P0 (repeat 5m): 5 minutes */
     ext(f, "P0", "core", T0);
-    assert_int_equal(claim(f, T0, d, 2), 1);
-    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0);
-    dispose(d, 1);
-    assert_int_equal(claim(f, T0 + 4 * MIN, d, 2), 1);
-    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 4 * MIN);
-    dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
-    assert_int_equal(claim(f, T0 + 5 * MIN, d, 2), 1);
-    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 5 * MIN);
-    dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 1);
+    fail_attempt(f, 500, T0);
+    fail_attempt(f, 500, T0 + 4 * MIN);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
+    fail_attempt(f, 500, T0 + 5 * MIN);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 1);
     /* its success resolves it; P2 (no escalate_after, no repeat): 5 minutes too */
     assert_int_equal(claim(f, T0 + 10 * MIN, d, 2), 2); /* core's retry + delivery_failing's */
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 10 * MIN);
@@ -1028,17 +1007,15 @@ static void delivery_failing_windows_by_tier(void **state)
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 10 * MIN);
     dispose(d, 1);
     ext(f, "P2", "low", T0 + 20 * MIN);
-    assert_int_equal(claim(f, T0 + 24 * MIN, d, 2), 1); /* first tried 4 minutes late */
-    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 24 * MIN);
-    dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing' AND "
-                              "status = 'firing'"),
+    fail_attempt(f, 500, T0 + 24 * MIN); /* first tried 4 minutes late */
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM alerts WHERE event = 'delivery_failing' AND "
+                               "status = 'firing'"),
                      0);
-    assert_int_equal(claim(f, T0 + 25 * MIN, d, 2), 1);
-    record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + 25 * MIN);
-    dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing' AND "
-                              "status = 'firing'"),
+    fail_attempt(f, 500, T0 + 25 * MIN);
+    assert_int_equal(eng_q_int(f->db,
+                               "SELECT count(*) FROM alerts WHERE event = 'delivery_failing' AND "
+                               "status = 'firing'"),
                      1);
 }
 
@@ -1050,25 +1027,22 @@ static void delivery_failing_needs_failing_after_attempts_past_the_window(void *
     al_delivery_t d[2];
 
     ev(f, "host_down", HOST("users", "a:1"), T0); /* P2, escalate_after 1h: chat */
-    for (int i = 0; i < 3; i++) {                 /* three failures within seconds: not failing */
-        assert_int_equal(claim(f, T0 + (uint64_t)i * 10 * SEC, d, 2), 1);
-        record(f, &d[0], AL_SEND_RETRY, 500, 0, T0 + (uint64_t)i * 10 * SEC);
-        dispose(d, 1);
-    }
+    for (int i = 0; i < 3; i++)                   /* three failures within seconds: not failing */
+        fail_attempt(f, 500, T0 + (uint64_t)i * 10 * SEC);
     assert_int_equal(claim(f, T0 + 30 * SEC, d, 2), 1);
     record(f, &d[0], AL_SEND_OK, 200, 0, T0 + 30 * SEC);
     dispose(d, 1);
-    assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
+    assert_int_equal(
+        eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"), 0);
     /* first tried two hours late (the sender was down): the window has passed, but only the
      * 3rd failed attempt raises */
     ev(f, "host_down", HOST("users", "b:1"), T0 + MIN);
     for (int i = 0; i < 3; i++) {
         uint64_t t = T0 + 2 * HOUR + (uint64_t)i * 10 * SEC;
-        assert_int_equal(claim(f, t, d, 2), 1);
-        record(f, &d[0], AL_SEND_RETRY, 500, 0, t);
-        dispose(d, 1);
-        assert_int_equal(q_int(f, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"),
-                         i == 2);
+        fail_attempt(f, 500, t);
+        assert_int_equal(
+            eng_q_int(f->db, "SELECT count(*) FROM alerts WHERE event = 'delivery_failing'"),
+            i == 2);
     }
 }
 

@@ -171,7 +171,7 @@ static fx_t *fx_new(const char *const *rcv_args, const char *tiers, const char *
                  "  delivery: %s\n",
                  f->rcv.port, f->rcv.port, tiers,
                  delivery != NULL ? delivery : "{ backoff: 50ms, max_backoff: 200ms }") > 0);
-    f->cfg = live_config(yaml);
+    f->cfg = eng_config(yaml);
     f->eopt.random = live_counter_random;
     f->eopt.random_ctx = &f->rng;
     f->eopt.source = "breakwater@test";
@@ -199,7 +199,7 @@ static int teardown(void **state)
     gw_config_free(f->cfg);
     close(f->console_fd);
     json_decref(f->logs);
-    live_rmtree(f->dir);
+    eng_rmtree(f->dir);
     free(f);
     return 0;
 }
@@ -229,7 +229,7 @@ static bool run_until(fx_t *f, bool (*until)(fx_t *f), uint64_t timeout_ms)
 
 static void assert_q_text(fx_t *f, const char *want, const char *sql)
 {
-    char *got = live_q_text(f->db, "%s", sql);
+    char *got = eng_q_text(f->db, "%s", sql);
     bool same = strcmp(got, want) == 0;
 
     if (!same)
@@ -241,22 +241,22 @@ static void assert_q_text(fx_t *f, const char *want, const char *sql)
 /* The "result" of every delivery attempt in the lineage, comma-separated, oldest first. */
 static char *attempt_results(fx_t *f)
 {
-    return live_q_text(f->db,
-                       "SELECT group_concat(json_extract(detail, '$.result'), ',') FROM "
-                       "(SELECT detail FROM alert_history WHERE kind = 'delivery' ORDER BY id)");
+    return eng_q_text(f->db,
+                      "SELECT group_concat(json_extract(detail, '$.result'), ',') FROM "
+                      "(SELECT detail FROM alert_history WHERE kind = 'delivery' ORDER BY id)");
 }
 
 static bool all_finished(fx_t *f)
 {
-    return live_q_int(f->db,
-                      "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
+    return eng_q_int(f->db,
+                     "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending')") ==
                0 &&
-           live_q_int(f->db, "SELECT count(*) FROM deliveries") > 0;
+           eng_q_int(f->db, "SELECT count(*) FROM deliveries") > 0;
 }
 
 static bool one_sent(fx_t *f)
 {
-    return live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 1;
+    return eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'") >= 1;
 }
 
 static bool one_request(fx_t *f)
@@ -266,7 +266,7 @@ static bool one_request(fx_t *f)
 
 static bool two_attempts(fx_t *f)
 {
-    return live_q_int(f->db, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'") >= 2;
+    return eng_q_int(f->db, "SELECT count(*) FROM alert_history WHERE kind = 'delivery'") >= 2;
 }
 
 static bool idle_called(fx_t *f)
@@ -341,7 +341,7 @@ static void raised_alert_is_delivered_with_the_spec_body_and_idempotency_key(voi
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 1);
     req = json_array_get(reqs, 0);
-    did = live_q_text(f->db, "SELECT delivery_id FROM deliveries");
+    did = eng_q_text(f->db, "SELECT delivery_id FROM deliveries");
     assert_string_equal(json_string_value(json_object_get(req, "method")), "POST");
     assert_string_equal(json_string_value(json_object_get(req, "path")), "/hook?token=SECRET");
     assert_string_equal(req_header(req, "Idempotency-Key"), did);
@@ -381,8 +381,8 @@ static void raised_alert_is_delivered_with_the_spec_body_and_idempotency_key(voi
     print_message("event -> receiver: %.1f ms\n", latency_ms);
     assert_true(latency_ms < 1000.0);
     assert_q_text(f, "sent", "SELECT status FROM deliveries");
-    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries"), 1);
-    assert_int_equal(live_q_int(f->db, "SELECT last_code FROM deliveries"), 200);
+    assert_int_equal(eng_q_int(f->db, "SELECT attempts FROM deliveries"), 1);
+    assert_int_equal(eng_q_int(f->db, "SELECT last_code FROM deliveries"), 200);
     assert_int_equal(counter(f, "hook", "sent"), 1);
     assert_int_equal(counter(f, "hook", "retry"), 0);
     assert_int_equal(counter(f, "log", "sent"), 0); /* configured channels show, zeros included */
@@ -413,7 +413,7 @@ static void a_500_is_retried_with_the_same_delivery_id(void **state)
     assert_true(run_until(f, one_sent, 5000));
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 2);
-    did = live_q_text(f->db, "SELECT delivery_id FROM deliveries");
+    did = eng_q_text(f->db, "SELECT delivery_id FROM deliveries");
     k0 = req_header(json_array_get(reqs, 0), "Idempotency-Key");
     k1 = req_header(json_array_get(reqs, 1), "Idempotency-Key");
     assert_string_equal(k0, did);
@@ -421,7 +421,7 @@ static void a_500_is_retried_with_the_same_delivery_id(void **state)
     assert_string_equal(json_string_value(json_object_get(
                             json_object_get(json_array_get(reqs, 1), "json"), "delivery_id")),
                         did);
-    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT attempts FROM deliveries"), 2);
     results = attempt_results(f);
     assert_string_equal(results, "retry,ok");
     assert_q_text(f, "500",
@@ -488,7 +488,7 @@ static void a_hang_on_p2_is_recorded_as_ambiguous_and_not_resent(void **state)
     raise_event(f, "host_down", HOST("users", "10.0.0.1:80")); /* P2 */
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "ambiguous", "SELECT status FROM deliveries");
-    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
+    err = eng_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_non_null(strstr(err, "after the request was sent"));
     assert_int_equal(rcv_count(&f->rcv), 1);
     assert_int_equal(counter(f, "hook", "ambiguous"), 1);
@@ -535,7 +535,7 @@ static void connect_refused_is_a_plain_retry_even_on_p2(void **state)
     assert_true(run_until(f, two_attempts, 5000));
     results = attempt_results(f);
     assert_int_equal(strncmp(results, "retry,retry", 11), 0);
-    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
+    err = eng_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_int_equal(strncmp(err, "not sent: ", 10), 0);
     assert_true(counter(f, "hook", "retry") >= 2);
     assert_no_secret_logged(f);
@@ -643,8 +643,8 @@ static void a_grouped_notification_is_one_request_per_alert(void **state)
     raise_event(f, "host_down", HOST("users", "10.0.0.3:80"));
     f->tick = true; /* the group is flushed by al_engine_tick() */
     assert_true(run_until(f, three_requests, 5000));
-    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries"), 1);
-    did = live_q_text(f->db, "SELECT delivery_id FROM deliveries");
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries"), 1);
+    did = eng_q_text(f->db, "SELECT delivery_id FROM deliveries");
     reqs = rcv_requests(&f->rcv);
     assert_int_equal(json_array_size(reqs), 3);
     for (size_t i = 0; i < 3; i++) {
@@ -674,7 +674,7 @@ static void closed_without_reply_after_sending_is_ambiguous(void **state)
     raise_event(f, "host_down", HOST("users", "10.0.0.1:80")); /* P2 */
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "ambiguous", "SELECT status FROM deliveries");
-    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
+    err = eng_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_non_null(strstr(err, "connection ended after the request was sent"));
     assert_int_equal(rcv_count(&f->rcv), 1);
     free(err);
@@ -695,8 +695,8 @@ static void a_404_fails_at_once_as_a_broken_channel(void **state)
     raise_event(f, "breaker_open", BREAKER("users")); /* P1: retried if it were retryable */
     assert_true(run_until(f, all_finished, 5000));
     assert_q_text(f, "failed", "SELECT status FROM deliveries");
-    assert_int_equal(live_q_int(f->db, "SELECT attempts FROM deliveries"), 1);
-    err = live_q_text(f->db, "SELECT last_error FROM deliveries");
+    assert_int_equal(eng_q_int(f->db, "SELECT attempts FROM deliveries"), 1);
+    err = eng_q_text(f->db, "SELECT last_error FROM deliveries");
     assert_string_equal(err, "HTTP 404: {\"error\":\"injected\"}");
     assert_int_equal(counter(f, "hook", "broken"), 1);
     assert_int_equal(rcv_count(&f->rcv), 1);
@@ -774,16 +774,16 @@ static void at_most_32_deliveries_are_in_flight(void **state)
     assert_true(run_until(f, max_requests, 5000));
     run_until(f, never, 300);
     if (rcv_count(&f->rcv) != AL_SENDER_MAX_INFLIGHT) {
-        char *st = live_q_text(f->db, "SELECT group_concat(status || ' ' || attempts || ' ' || "
-                                      "ifnull(last_error, '-'), '; ') FROM deliveries");
+        char *st = eng_q_text(f->db, "SELECT group_concat(status || ' ' || attempts || ' ' || "
+                                     "ifnull(last_error, '-'), '; ') FROM deliveries");
         print_message("deliveries: %s\n", st);
         free(st);
     }
     assert_int_equal(rcv_count(&f->rcv), AL_SENDER_MAX_INFLIGHT);
     assert_int_equal(al_sender_inflight(f->s), AL_SENDER_MAX_INFLIGHT);
-    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sending'"),
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sending'"),
                      AL_SENDER_MAX_INFLIGHT);
-    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'pending'"),
                      8);
     /* teardown closes the sender with 32 sends in flight */
 }
@@ -801,7 +801,7 @@ static void drain_reports_idle_once_everything_due_was_sent(void **state)
     raise_event(f, "no_healthy_hosts", "{\"upstream\":\"users\",\"hosts\":2,\"hosts_down\":2}");
     al_sender_drain(f->s, on_idle, f);
     assert_true(run_until(f, idle_called, 5000));
-    assert_int_equal(live_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 2);
+    assert_int_equal(eng_q_int(f->db, "SELECT count(*) FROM deliveries WHERE status = 'sent'"), 2);
     assert_int_equal(al_sender_inflight(f->s), 0);
 }
 
