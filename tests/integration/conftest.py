@@ -8,6 +8,7 @@ Environment (set by ctest): BW_BINARY, BW_UPSTREAM, BW_SOURCE_DIR.
 """
 
 import http.client
+import itertools
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -29,6 +31,7 @@ BINARY = os.path.abspath(
     os.environ.get("BW_BINARY", os.path.join(SOURCE_DIR, "build", "breakwater")))
 UPSTREAM = os.path.abspath(
     os.environ.get("BW_UPSTREAM", os.path.join(SOURCE_DIR, "build", "bw_upstream")))
+FAKE_PROVIDERS = os.path.join(HERE, "fake_providers.py")
 
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
@@ -78,35 +81,83 @@ def request(port, method="GET", path="/", headers=None, body=None, timeout=10, h
         conn.close()
 
 
-class Upstream:
+def stop_process(proc, timeout=5):
+    """SIGTERM to proc if it still runs, SIGKILL if it has not exited after `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class PortProcess:
+    """A helper process (bw_upstream, receiver.py, ...) that first prints "PORT n" on stdout."""
+
+    def __init__(self, argv, what):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"{what} did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def url(self, path):
+        """The URL of `path` on this process's listener."""
+        return f"http://{self.addr}{path}"
+
+    def stop(self):
+        """Ends the process (SIGTERM, then SIGKILL), by PID."""
+        stop_process(self.proc)
+
+
+class Upstream(PortProcess):
     """A bw_upstream process."""
 
     def __init__(self, name="upstream", listen="127.0.0.1:0", extra=()):
         self.name = name
-        self.proc = subprocess.Popen(
-            [UPSTREAM, "--listen", listen, "--name", name, *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("PORT "):
-            self.stop()
-            raise RuntimeError(f"bw_upstream did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.addr = f"127.0.0.1:{self.port}"
+        super().__init__([UPSTREAM, "--listen", listen, "--name", name, *extra], "bw_upstream")
 
     def stats(self):
         return request(self.port, path="/_stats").json()
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+class FakeProviders(PortProcess):
+    """A fake_providers.py process; `args` are its command-line options (credentials, limits)."""
+
+    def __init__(self, log_path, args=()):
+        super().__init__([sys.executable, FAKE_PROVIDERS, "--log", log_path, *args],
+                         "fake_providers")
+        self.proc.stdout.readline()  # "SMTP n"
+
+    def _call(self, method, path, obj=None):
+        """One request to the fakes' own control API (it must answer 200), parsed."""
+        body = None if obj is None else json.dumps(obj).encode()
+        r = request(self.port, method, path, body=body, timeout=15,
+                    headers={"Content-Type": "application/json"} if body else None)
+        assert r.status == 200, r
+        return r.json()
+
+    def requests(self, provider=None):
+        """The requests the fakes received (oldest first), only those to `provider` when given."""
+        reqs = self._call("GET", "/_requests")["requests"]
+        return [q for q in reqs if provider is None or q["provider"] == provider]
+
+    def state(self):
+        """What the fakes hold now (PagerDuty incidents, Twilio calls, ...)."""
+        return self._call("GET", "/_state")
+
+    def press(self, digits, call=-1, method=None, url=None):
+        """A key pressed during a call: the fake requests the Gather action as Twilio would."""
+        obj = {"call": call, "digits": digits}
+        if method:
+            obj["method"] = method
+        if url:
+            obj["url"] = url
+        return self._call("POST", "/_twilio/gather", obj)
 
 
 class Gateway:
@@ -195,13 +246,7 @@ class Gateway:
     def stop(self, timeout=15):
         if self.log.closed:  # stopped already
             return self.proc.returncode
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self.log.close()
         with open(self.log_path, errors="replace") as f:
             self.final_log = f.read()
@@ -210,17 +255,31 @@ class Gateway:
 
 
 @pytest.fixture
-def upstreams():
-    started = []
+def stop_at_teardown():
+    """keep(p) has p (anything with a stop() method) stopped at the test's teardown; returns p."""
+    kept = []
 
-    def start(name="upstream", **kw):
-        u = Upstream(name, **kw)
-        started.append(u)
-        return u
+    def keep(p):
+        kept.append(p)
+        return p
 
-    yield start
-    for u in started:
-        u.stop()
+    yield keep
+    for p in kept:
+        p.stop()
+
+
+@pytest.fixture
+def upstreams(stop_at_teardown):
+    """start(name, listen=..., extra=...) -> a running Upstream, stopped at teardown."""
+    return lambda name="upstream", **kw: stop_at_teardown(Upstream(name, **kw))
+
+
+@pytest.fixture
+def fake_providers(tmp_path, stop_at_teardown):
+    """start(*args) -> a running FakeProviders with those options, stopped at teardown."""
+    n = itertools.count()
+    return lambda *args: stop_at_teardown(
+        FakeProviders(str(tmp_path / f"fakes-{next(n)}.jsonl"), args))
 
 
 @pytest.fixture
@@ -291,6 +350,29 @@ def wait_for(predicate, timeout=10, what="the condition", interval=0.01):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def readyz(g):
+    """GET /readyz, parsed, when it answers 200; else None (also when nothing answers)."""
+    try:
+        r = request(g.admin_port, path="/readyz", timeout=2)
+    except OSError:
+        return None
+    return r.json() if r.status == 200 else None
+
+
+def post_json(g, path, obj=None):
+    """POST obj as JSON to the admin API (an empty body when obj is None); returns the Response."""
+    body = b"" if obj is None else json.dumps(obj).encode()
+    return g.admin(path, method="POST", body=body, headers={"Content-Type": "application/json"},
+                   timeout=10)
+
+
+def alert_detail(g, alert_id):
+    """GET /api/v1/alerts/ID (it must answer 200), parsed: the alert, its deliveries, history."""
+    r = g.admin(f"/api/v1/alerts/{alert_id}", timeout=10)
+    assert r.status == 200, r
+    return r.json()
 
 
 def children(pid):

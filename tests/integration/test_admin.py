@@ -8,13 +8,12 @@ token (401 + WWW-Authenticate without it, /healthz open, the token never logged)
 answers for unknown paths (404), wrong methods (405) and endpoints not built yet (501).
 """
 
-import json
 import os
 import signal
 
 import pytest
 
-from conftest import metrics, request, sample, wait_for, worker_pids
+from conftest import metrics, post_json, request, sample, wait_for, worker_pids
 
 N_REQUESTS = 24
 TOKEN = "bw-test-token-6c1f0e9a27d4"
@@ -210,11 +209,6 @@ TIERS = ("P0", "P1", "P2")
 
 def by_tier(m, name):
     return {t: sample(m, name, tier=t) for t in TIERS}
-
-
-def post_json(g, path, obj):
-    return g.admin(path, method="POST", body=json.dumps(obj).encode(),
-                   headers={"Content-Type": "application/json"})
 
 
 def test_alerts_firing_counts_unacknowledged_alerts_by_tier(gateway):

@@ -20,6 +20,8 @@ the engine's own state (no timer left, no row written), then watches for a bound
 """
 
 import calendar
+import functools
+import itertools
 import json
 import os
 import re
@@ -32,7 +34,8 @@ import time
 
 import pytest
 
-from conftest import Upstream, request
+import conftest
+from conftest import PortProcess, alert_detail, post_json, request, sample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECEIVER = os.path.join(HERE, "receiver.py")
@@ -46,35 +49,17 @@ DELIVERED_MODES = ("ok", "delay")  # receiver modes that answer 2xx (we never se
 
 # ---- waiting -----------------------------------------------------------------------------------
 
-def wait_for(predicate, timeout, what, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait_for = functools.partial(conftest.wait_for, interval=0.02)  # polls every 20 ms
 
 
 # ---- the webhook receiver ------------------------------------------------------------------------
 
-class Receiver:
+class Receiver(PortProcess):
     """A receiver.py process (ended by PID at teardown)."""
 
     def __init__(self, log_path, args=()):
         self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, RECEIVER, "--log", log_path, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("PORT "):
-            self.stop()
-            raise RuntimeError(f"receiver did not start: {line!r}")
-        self.port = int(line.split()[1])
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
+        super().__init__([sys.executable, RECEIVER, "--log", log_path, *args], "receiver")
 
     def set_mode(self, mode="ok", sequence=(), **kw):
         body = json.dumps({"mode": mode, "sequence": list(sequence), **kw}).encode()
@@ -104,15 +89,6 @@ class Receiver:
         return wait_for(lambda: (lambda h: h if len(h) >= n else None)(self.hooks(**filters)),
                         timeout, f"{n} webhook(s) {filters}")
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 def header(req, name):
     for k, v in req["headers"]:
@@ -122,17 +98,11 @@ def header(req, name):
 
 
 @pytest.fixture
-def receiver(tmp_path):
-    started = []
-
-    def start(*args):
-        rx = Receiver(str(tmp_path / f"receiver-{len(started)}.jsonl"), args)
-        started.append(rx)
-        return rx
-
-    yield start
-    for rx in started:
-        rx.stop()
+def receiver(tmp_path, stop_at_teardown):
+    """start(*args) -> a running Receiver with those options, stopped at teardown."""
+    n = itertools.count()
+    return lambda *args: stop_at_teardown(
+        Receiver(str(tmp_path / f"receiver-{next(n)}.jsonl"), args))
 
 
 @pytest.fixture
@@ -206,24 +176,12 @@ FAST_DELIVERY = {"backoff": "200ms", "max_backoff": "1s"}
 
 # ---- admin API helpers ---------------------------------------------------------------------------
 
-def post(g, path, obj=None):
-    body = b"" if obj is None else json.dumps(obj).encode()
-    return g.admin(path, method="POST", body=body,
-                   headers={"Content-Type": "application/json"}, timeout=10)
-
-
 def raise_alert(g, **body):
-    r = post(g, "/api/v1/alerts", body)
+    r = post_json(g, "/api/v1/alerts", body)
     assert r.status == 201, r
     ids = r.json()["ids"]
     assert len(ids) == 1, r
     return ids[0]
-
-
-def alert_detail(g, alert_id):
-    r = g.admin(f"/api/v1/alerts/{alert_id}", timeout=10)
-    assert r.status == 200, r
-    return r.json()
 
 
 def list_alerts(g, status=None):
@@ -256,10 +214,6 @@ def metrics(g):
         assert m, line
         out[(m.group(1), tuple(sorted(_LABEL.findall(m.group(2) or ""))))] = float(m.group(3))
     return out
-
-
-def sample(m, name, **labels):
-    return m.get((name, tuple(sorted(labels.items()))))
 
 
 def deliveries_metric(g, channel, result):
@@ -472,11 +426,11 @@ def test_external_alerts_generic_and_alertmanager(gw, receiver):
                       labels={"queue": "q1"})
     q = rx.wait_hooks(1, alert_id=aid)[0]
     assert q["json"]["dedup_key"] == "backlog-1"
-    r = post(g, "/api/v1/alerts", {"summary": "queue backlog (still)", "tier": "P1",
-                                    "dedup_key": "backlog-1", "labels": {"queue": "q1"}})
+    r = post_json(g, "/api/v1/alerts", {"summary": "queue backlog (still)", "tier": "P1",
+                                         "dedup_key": "backlog-1", "labels": {"queue": "q1"}})
     assert r.status == 201 and r.json()["updated"] == 1 and r.json()["raised"] == 0, r
     assert r.json()["ids"] == [aid], r
-    r = post(g, "/api/v1/alerts", {"status": "resolved", "dedup_key": "backlog-1"})
+    r = post_json(g, "/api/v1/alerts", {"status": "resolved", "dedup_key": "backlog-1"})
     assert r.status == 201 and r.json()["resolved"] == 1, r
     rq = rx.wait_hooks(1, alert_id=aid, status="resolved")[0]
     assert rq["path"] == "/page", rq
@@ -498,7 +452,7 @@ def test_external_alerts_generic_and_alertmanager(gw, receiver):
                                            "instance": "db1"},
             "annotations": {"description": "disk 95% full"}, "startsAt": "2026-01-01T00:00:00Z",
             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prom/g", "fingerprint": "b2"}
-    r = post(g, "/api/v1/alerts", am([lat, disk]))
+    r = post_json(g, "/api/v1/alerts", am([lat, disk]))
     assert r.status == 201, r
     res = r.json()
     assert res["raised"] == 2 and len(res["ids"]) == 2, res
@@ -514,8 +468,8 @@ def test_external_alerts_generic_and_alertmanager(gw, receiver):
     assert df["path"] == "/chat" and df["json"]["tier"] == "P2", df
     assert df["json"]["summary"] == "disk 95% full", df["json"]
     # Alertmanager repeats the group: HighLatency now resolved, DiskFull still firing
-    r = post(g, "/api/v1/alerts", am([dict(lat, status="resolved",
-                                           endsAt="2026-01-01T00:05:00Z"), disk]))
+    r = post_json(g, "/api/v1/alerts", am([dict(lat, status="resolved",
+                                                endsAt="2026-01-01T00:05:00Z"), disk]))
     assert r.status == 201, r
     assert r.json()["resolved"] == 1 and r.json()["updated"] == 1 and r.json()["raised"] == 0, r
     hid, did = hl["json"]["alert_id"], df["json"]["alert_id"]
@@ -547,12 +501,12 @@ def test_alert_detail_deliveries_and_lineage(gw, receiver):
     assert got[1]["json"]["delivery_id"] == did
     wait_for(lambda: alert_detail(g, aid)["deliveries"][0]["status"] == "sent", 5,
              "the delivery recorded as sent")
-    r = post(g, f"/api/v1/alerts/{aid}/ack")
+    r = post_json(g, f"/api/v1/alerts/{aid}/ack")
     assert r.status == 200 and r.json()["alert"]["status"] == "acknowledged", r
     assert r.json()["alert"]["acked_by"], r.json()["alert"]
-    r = post(g, f"/api/v1/alerts/{aid}/resolve")
+    r = post_json(g, f"/api/v1/alerts/{aid}/resolve")
     assert r.status == 200 and r.json()["alert"]["status"] == "resolved", r
-    assert post(g, f"/api/v1/alerts/{aid}/ack").status == 409  # acking a resolved alert
+    assert post_json(g, f"/api/v1/alerts/{aid}/ack").status == 409  # acking a resolved alert
     rq = rx.wait_hooks(1, alert_id=aid, status="resolved")[0]
     assert rq["json"]["delivery_id"] != did
 
@@ -588,8 +542,8 @@ def test_silence_records_without_delivering_then_delete_delivers(gw, receiver):
     g = gw(config({"hook": rx.url("/hook")},
                   {"P0": {"channels": ["hook"]}, "P1": {"channels": ["hook"]},
                    "P2": {"channels": ["hook"]}}))
-    r = post(g, "/api/v1/silences", {"matchers": ['service="quiet"'], "duration": "1h",
-                                      "created_by": "it", "comment": "maintenance"})
+    r = post_json(g, "/api/v1/silences", {"matchers": ['service="quiet"'], "duration": "1h",
+                                           "created_by": "it", "comment": "maintenance"})
     assert r.status == 201, r
     sid = r.json()["id"]
     listed = g.admin("/api/v1/silences", timeout=10).json()["silences"]
@@ -629,7 +583,7 @@ def test_escalation_p2_to_p1_ack_stops_it_resolve_notifies_both(gw, receiver):
                   {"P0": {"channels": ["phone"]}, "P1": {"channels": ["page"]},
                    "P2": {"channels": ["chat"], "escalate_after": "2s"}}))
     acked = raise_alert(g, summary="acked in time", tier="P2", labels={"case": "acked"})
-    r = post(g, f"/api/v1/alerts/{acked}/ack")
+    r = post_json(g, f"/api/v1/alerts/{acked}/ack")
     assert r.status == 200 and r.json()["alert"]["next_escalation_at"] is None, r
     t0 = time.time()
     esc_id = raise_alert(g, summary="nobody home", tier="P2", labels={"case": "escalates"})
@@ -651,7 +605,7 @@ def test_escalation_p2_to_p1_ack_stops_it_resolve_notifies_both(gw, receiver):
     assert b["alert"]["escalation_level"] == 0 and "escalated" not in history_kinds(b)
     assert rx.hooks(alert_id=acked, path="/page") == [] and rx.hooks(path="/phone") == []
     # resolve: both notified channels hear about it, P0's does not
-    r = post(g, f"/api/v1/alerts/{esc_id}/resolve")
+    r = post_json(g, f"/api/v1/alerts/{esc_id}/resolve")
     assert r.status == 200, r
     res = rx.wait_hooks(2, alert_id=esc_id, status="resolved")
     assert sorted(q["path"] for q in res) == ["/chat", "/page"], res
@@ -674,7 +628,7 @@ def test_p0_repeats_until_ack(gw, receiver):
     for q in got:
         check_spec_body(q, tier="P0", event="external", labels={"case": "repeat"},
                         dedup_key='external{case="repeat"}')
-    r = post(g, f"/api/v1/alerts/{aid}/ack")
+    r = post_json(g, f"/api/v1/alerts/{aid}/ack")
     assert r.status == 200, r
     a = r.json()
     assert a["alert"]["status"] == "acknowledged" and a["alert"]["next_repeat_at"] is None, a
@@ -975,7 +929,7 @@ def test_resolve_after_ambiguous_firing_still_notifies_the_channel(gw, receiver)
              "the ambiguous attempt recorded (retry pending)")
     att = [h["detail"] for h in alert_detail(g, aid)["history"] if h["kind"] == "delivery"]
     assert [a["result"] for a in att] == ["ambiguous"], att
-    r = post(g, f"/api/v1/alerts/{aid}/resolve")
+    r = post_json(g, f"/api/v1/alerts/{aid}/resolve")
     assert r.status == 200, r
     try:
         rx.wait_hooks(1, alert_id=aid, status="resolved", timeout=10)
@@ -1002,7 +956,7 @@ def test_resolve_while_firing_send_hangs_still_notifies_the_channel(gw, receiver
                    "P2": {"channels": ["hook"]}}, delivery=FAST_DELIVERY))
     aid = raise_alert(g, summary="hung then resolved", tier="P1", labels={"case": "hung"})
     rx.wait_hooks(1, alert_id=aid)
-    r = post(g, f"/api/v1/alerts/{aid}/resolve")
+    r = post_json(g, f"/api/v1/alerts/{aid}/resolve")
     assert r.status == 200, r
     queued = [(x["kind"], x["status"]) for x in r.json()["deliveries"]]
     assert ("resolved", "pending") in queued, queued

@@ -18,24 +18,15 @@ Covered:
 Waiting is polling with a deadline; timing bounds are generous (2-core machine, sanitizer builds).
 """
 
+import functools
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 import conftest
-from conftest import request
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-# conftest starts breakwater with cwd = the gateway's temp dir: anchor a relative BW_BINARY here.
-conftest.BINARY = os.path.abspath(conftest.BINARY)
-conftest.UPSTREAM = os.path.abspath(conftest.UPSTREAM)
-FAKE = os.path.join(HERE, "fake_providers.py")
+from conftest import alert_detail, post_json
 
 DING_TOKEN = "rl-ding-token"
 RATE = "12/m"    # 12 tokens, one more every 5 s
@@ -45,80 +36,20 @@ BURST = 12 - RESERVE
 WAITING = 7
 SHOWN = 5        # alerts a grouped message spells out
 MORE = re.compile(r"and (\d+) more alerts?\b")
+FAKE_ARGS = ("--dingtalk-token", DING_TOKEN, "--dingtalk-limit", "12")  # DingTalk's own 12/min
 
-
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Fakes:
-    """A fake_providers.py process (ended by PID at teardown)."""
-
-    def __init__(self, log_path):
-        self.proc = subprocess.Popen(
-            [sys.executable, FAKE, "--log", log_path, "--dingtalk-token", DING_TOKEN,
-             "--dingtalk-limit", "12"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("PORT "):
-            self.stop()
-            raise RuntimeError(f"fake_providers did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.proc.stdout.readline()  # SMTP n
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def messages(self):
-        r = request(self.port, "GET", "/_requests", timeout=15)
-        assert r.status == 200, r
-        return [q for q in r.json()["requests"] if q["provider"] == "dingtalk"]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+wait_for = functools.partial(conftest.wait_for, interval=0.05)  # polls every 50 ms
 
 
 @pytest.fixture
-def fakes(tmp_path):
-    started = []
-
-    def start():
-        f = Fakes(str(tmp_path / f"fakes-{len(started)}.jsonl"))
-        started.append(f)
-        return f
-
-    yield start
-    for f in started:
-        f.stop()
+def gw(strict_gateway):
+    """Every gateway must also stop on SIGTERM with exit status 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
-@pytest.fixture
-def gw(gateway):
-    """conftest's `gateway`; each gateway must also stop on SIGTERM with exit status 0."""
-    started = []
-
-    def start(config, **kw):
-        g = gateway(config, **kw)
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc}:\n{g.final_log[-4000:]}"
+def messages(fp):
+    """The DingTalk requests the fakes received, oldest first."""
+    return fp.requests("dingtalk")
 
 
 def config(fp):
@@ -134,22 +65,11 @@ def config(fp):
     return t
 
 
-def post(g, path, obj):
-    return g.admin(path, method="POST", body=json.dumps(obj).encode(),
-                   headers={"Content-Type": "application/json"}, timeout=10)
-
-
 def raise_alert(g, summary, tier):
-    r = post(g, "/api/v1/alerts", {"summary": summary, "tier": tier,
-                                   "labels": {"case": "ratelimit", "name": summary.split()[0]}})
+    labels = {"case": "ratelimit", "name": summary.split()[0]}
+    r = post_json(g, "/api/v1/alerts", {"summary": summary, "tier": tier, "labels": labels})
     assert r.status == 201, r
     return str(r.json()["ids"][0])
-
-
-def alert_detail(g, aid):
-    r = g.admin(f"/api/v1/alerts/{aid}", timeout=10)
-    assert r.status == 200, r
-    return r.json()
 
 
 def text(q):
@@ -160,8 +80,8 @@ def title(q):
     return q["json"]["markdown"]["title"]
 
 
-def test_excess_folds_into_one_message_and_p0_keeps_its_reserve(gw, fakes):
-    fp = fakes()
+def test_excess_folds_into_one_message_and_p0_keeps_its_reserve(gw, fake_providers):
+    fp = fake_providers(*FAKE_ARGS)
     g = gw(config(fp))
     names = [f"rl-{i:02d}" for i in range(BURST + WAITING)]
     ids = {}
@@ -171,10 +91,10 @@ def test_excess_folds_into_one_message_and_p0_keeps_its_reserve(gw, fakes):
     raised_in = time.monotonic() - started
     assert raised_in < TOKEN_S - 1, f"raising took {raised_in:.1f} s: the test needs < {TOKEN_S} s"
 
-    msgs = wait_for(lambda: (lambda m: m if len(m) >= BURST + 1 else None)(fp.messages()),
+    msgs = wait_for(lambda: (lambda m: m if len(m) >= BURST + 1 else None)(messages(fp)),
                     TOKEN_S * 3, "the individual messages and the folded one")
     time.sleep(0.5)  # anything more that would arrive now is wrong
-    msgs = fp.messages()
+    msgs = messages(fp)
     assert len(msgs) == BURST + 1, [title(q) for q in msgs]
     first, folded = msgs[:BURST], msgs[BURST]
 
@@ -229,11 +149,11 @@ def test_excess_folds_into_one_message_and_p0_keeps_its_reserve(gw, fakes):
     late = raise_alert(g, "rl-late is down", "P2")
     urgent = raise_alert(g, "rl-urgent is down", "P0")
     t0 = time.monotonic()
-    got = wait_for(lambda: [q for q in fp.messages() if "rl-urgent" in title(q)], TOKEN_S - 1,
+    got = wait_for(lambda: [q for q in messages(fp) if "rl-urgent" in title(q)], TOKEN_S - 1,
                    "the P0 message")
     assert title(got[0]) == "[P0] FIRING: rl-urgent is down", title(got[0])
     assert time.monotonic() - t0 < TOKEN_S - 1
-    assert not [q for q in fp.messages() if "rl-late" in text(q)]
+    assert not [q for q in messages(fp) if "rl-late" in text(q)]
     d = alert_detail(g, late)["deliveries"]
     assert len(d) == 1 and d[0]["status"] == "pending" and d[0]["attempts"] == 0, d
     assert alert_detail(g, urgent)["deliveries"][0]["status"] == "sent"

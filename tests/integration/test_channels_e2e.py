@@ -20,20 +20,19 @@ Covered:
     the channel can send it, but the engine writes no notification on ack (docs/channels.md).
 
 Waiting is always polling with a deadline; bounds on timing are generous (2-core machine, ASan
-builds 2-3x slower). Helpers live here, conftest.py is used as is.
+builds 2-3x slower). Helpers shared with the other alert tests (fake providers, admin API) are
+in conftest.py; those about these channels live here.
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -41,15 +40,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import conftest
-from conftest import request
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-# conftest starts breakwater with cwd = the gateway's temp dir, so a relative BW_BINARY (as in
-# `BW_BINARY=../../build-e2e/breakwater pytest ...`) would not be found: anchor it here, where it
-# was given (conftest itself is being refactored elsewhere and is left alone).
-conftest.BINARY = os.path.abspath(conftest.BINARY)
-conftest.UPSTREAM = os.path.abspath(conftest.UPSTREAM)
-FAKE = os.path.join(HERE, "fake_providers.py")
+from conftest import alert_detail, post_json, request
 
 DING_TOKEN = "e2e-ding-token"
 DING_SECRET = "SEC0e2e1d1ngsecret5a7b9c"
@@ -64,104 +55,20 @@ REPEAT_S = 2  # the P0 tier's `repeat` (the config takes any duration; 2 s keeps
 ACK_PATH = re.compile(r"^/ack/(\d+)\.(\d+)\.([0-9a-f]{32})$")
 SOURCE = "breakwater@" + socket.gethostname()[:127]
 
-
-# ---- waiting -----------------------------------------------------------------------------------
-
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait_for = functools.partial(conftest.wait_for, interval=0.05)  # polls every 50 ms
 
 
-# ---- the fake providers ------------------------------------------------------------------------
+# ---- the fake providers and the gateway ------------------------------------------------------
 
-class Fakes:
-    """A fake_providers.py process (ended by PID at teardown)."""
-
-    def __init__(self, log_path):
-        self.proc = subprocess.Popen(
-            [sys.executable, FAKE, "--log", log_path,
-             "--dingtalk-token", DING_TOKEN, "--dingtalk-secret", DING_SECRET,
+FAKE_ARGS = ("--dingtalk-token", DING_TOKEN, "--dingtalk-secret", DING_SECRET,
              "--dingtalk-keyword", DING_KEYWORD, "--dingtalk-limit", "200",
-             "--pagerduty-key", PD_KEY, "--twilio-sid", TW_SID, "--twilio-token", TW_TOKEN],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("PORT "):
-            self.stop()
-            raise RuntimeError(f"fake_providers did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.proc.stdout.readline()  # SMTP n
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def _call(self, method, path, obj=None):
-        body = None if obj is None else json.dumps(obj).encode()
-        r = request(self.port, method, path, body=body, timeout=15,
-                    headers={"Content-Type": "application/json"} if body else None)
-        assert r.status == 200, r
-        return r.json()
-
-    def requests(self, provider=None):
-        reqs = self._call("GET", "/_requests")["requests"]
-        return [q for q in reqs if provider is None or q["provider"] == provider]
-
-    def state(self):
-        return self._call("GET", "/_state")
-
-    def press(self, digits, call=-1, method=None, url=None):
-        """A key pressed during a call: the fake requests the Gather action as Twilio would."""
-        obj = {"call": call, "digits": digits}
-        if method:
-            obj["method"] = method
-        if url:
-            obj["url"] = url
-        return self._call("POST", "/_twilio/gather", obj)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+             "--pagerduty-key", PD_KEY, "--twilio-sid", TW_SID, "--twilio-token", TW_TOKEN)
 
 
 @pytest.fixture
-def fakes(tmp_path):
-    started = []
-
-    def start():
-        f = Fakes(str(tmp_path / f"fakes-{len(started)}.jsonl"))
-        started.append(f)
-        return f
-
-    yield start
-    for f in started:
-        f.stop()
-
-
-@pytest.fixture
-def gw(gateway):
-    """conftest's `gateway` (sanitizer reports fail the test); each gateway must also stop on
-    SIGTERM with exit status 0."""
-    started = []
-
-    def start(config, **kw):
-        g = gateway(config, **kw)
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        rc = g.stop()
-        assert rc == 0, f"breakwater exited {rc}:\n{g.final_log[-4000:]}"
+def gw(strict_gateway):
+    """Every gateway must also stop on SIGTERM with exit status 0 (conftest's strict_gateway)."""
+    return strict_gateway
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -200,23 +107,11 @@ ALL_THREE = ["ding", "pager", "phone"]
 
 # ---- admin API ---------------------------------------------------------------------------------
 
-def post(g, path, obj=None):
-    body = b"" if obj is None else json.dumps(obj).encode()
-    return g.admin(path, method="POST", body=body, headers={"Content-Type": "application/json"},
-                   timeout=10)
-
-
 def raise_alert(g, **body):
-    r = post(g, "/api/v1/alerts", body)
+    r = post_json(g, "/api/v1/alerts", body)
     assert r.status == 201, r
     assert len(r.json()["ids"]) == 1, r
     return str(r.json()["ids"][0])
-
-
-def alert_detail(g, aid):
-    r = g.admin(f"/api/v1/alerts/{aid}", timeout=10)
-    assert r.status == 200, r
-    return r.json()
 
 
 def alert_status(g, aid):
@@ -399,13 +294,14 @@ def gather_of(doc):
 
 # ---- 1. P0 through DingTalk + PagerDuty + Twilio, repeat, ack by link ---------------------------
 
-def test_p0_through_dingtalk_pagerduty_twilio_repeats_until_the_ack_link(gw, fakes, tmp_path):
+def test_p0_through_dingtalk_pagerduty_twilio_repeats_until_the_ack_link(gw, fake_providers,
+                                                                          tmp_path):
     """The whole loop, through real processes: firing on all three providers (signatures, auth,
     shapes, the ack link in the DingTalk markdown, the PagerDuty links and the Twilio Gather),
     a repeat on each after ~`repeat`, forged/expired links refused (403, nothing acknowledged),
     the genuine link from DingTalk acknowledges (lineage), then silence on every channel for
     more than 2 x repeat."""
-    fp = fakes()
+    fp = fake_providers(*FAKE_ARGS)
     g, secret = gateway_with_secret(gw, config(
         fp, {"P0": (ALL_THREE, f"{REPEAT_S}s"), "P1": (["ding"], None), "P2": (["ding"], None)},
         state_dir=str(tmp_path / "state")), str(tmp_path / "state"))
@@ -533,13 +429,13 @@ def test_p0_through_dingtalk_pagerduty_twilio_repeats_until_the_ack_link(gw, fak
 
 # ---- 2. Twilio: a key pressed during the call -------------------------------------------------
 
-def test_twilio_gather_digits_only_1_acknowledges(gw, fakes, tmp_path):
+def test_twilio_gather_digits_only_1_acknowledges(gw, fake_providers, tmp_path):
     """The call's <Gather numDigits=1 method=GET action=ACK_LINK>: Twilio requests the action with
     Digits=N and the call's parameters. Anything but "1" (GET or POST, "2", "9", "*", empty)
     answers TwiML "Not acknowledged" and acknowledges nothing; a bad or expired token is 403
     whatever the digits; "1" answers TwiML "Acknowledged" and acknowledges (by GET as the TwiML
     asks, and by POST with a form body, Twilio's default method for <Gather>)."""
-    fp = fakes()
+    fp = fake_providers(*FAKE_ARGS)
     g, secret = gateway_with_secret(gw, config(
         fp, {"P0": (["phone"], None), "P1": (["ding"], None), "P2": (["ding"], None)},
         state_dir=str(tmp_path / "state")), str(tmp_path / "state"))
@@ -626,12 +522,12 @@ def test_twilio_gather_digits_only_1_acknowledges(gw, fakes, tmp_path):
 
 # ---- 3. resolve ----------------------------------------------------------------------------------
 
-def test_resolve_reaches_pagerduty_and_dingtalk_not_twilio(gw, fakes):
+def test_resolve_reaches_pagerduty_and_dingtalk_not_twilio(gw, fake_providers):
     """A fresh P0 alert resolved through the admin API, and another through an external
     `status: resolved`: PagerDuty gets event_action "resolve" with the alert's dedup_key (the
     incident resolves), DingTalk a RESOLVED message without an ack link, Twilio no call; no
     repeat after the resolve; the old ack link then changes nothing."""
-    fp = fakes()
+    fp = fake_providers(*FAKE_ARGS)
     g = gw(config(fp, {"P0": (ALL_THREE, f"{REPEAT_S}s"), "P1": (["ding"], None),
                        "P2": (["ding"], None)}))
     cases = []
@@ -645,9 +541,9 @@ def test_resolve_reaches_pagerduty_and_dingtalk_not_twilio(gw, fakes):
         wait_for(lambda: pd_events(fp, "trigger", key) and
                  [q for q in dings(fp) if key in q["json"]["markdown"]["text"]], 15,
                  f"the firing notifications of {how}")
-    r = post(g, f"/api/v1/alerts/{cases[0][1]}/resolve")
+    r = post_json(g, f"/api/v1/alerts/{cases[0][1]}/resolve")
     assert r.status == 200 and r.json()["alert"]["status"] == "resolved", r
-    r = post(g, "/api/v1/alerts", {"status": "resolved", "dedup_key": cases[1][2]})
+    r = post_json(g, "/api/v1/alerts", {"status": "resolved", "dedup_key": cases[1][2]})
     assert r.status == 201 and r.json()["resolved"] == 1, r
 
     for how, aid, key, summary in cases:
@@ -695,8 +591,8 @@ def test_resolve_reaches_pagerduty_and_dingtalk_not_twilio(gw, fakes):
 
 # ---- 4. acknowledge on PagerDuty --------------------------------------------------------------
 
-def test_ack_by_link_acknowledges_the_pagerduty_incident(gw, fakes):
-    fp = fakes()
+def test_ack_by_link_acknowledges_the_pagerduty_incident(gw, fake_providers):
+    fp = fake_providers(*FAKE_ARGS)
     g = gw(config(fp, {"P0": (["pager"], None), "P1": (["pager"], None),
                        "P2": (["pager"], None)}))
     aid = raise_alert(g, summary="search is down", tier="P0", labels={"service": "search"})

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import request
+from conftest import readyz, request, wait_for
 
 
 @pytest.fixture
@@ -64,25 +64,6 @@ def pids_from_logs(g):
         elif line.get("msg") == "admin API ready":
             out["control"] = line["pid"]
     return out
-
-
-def wait_for(predicate, timeout, what, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def readyz(g):
-    try:
-        r = request(g.admin_port, path="/readyz", timeout=2)
-    except OSError:
-        return None
-    return r.json() if r.status == 200 else None
 
 
 class ClientLoop:

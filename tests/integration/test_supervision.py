@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from conftest import children, events, metric, request, wait_events, wait_for, worker_pids
+from conftest import (children, events, metric, readyz, request, wait_events, wait_for,
+                      worker_pids)
 from loadclient import BROKEN_PIPE, DISCONNECTED, INCOMPLETE, RESET, LoadClient
 
 LOST = (RESET, DISCONNECTED, BROKEN_PIPE, INCOMPLETE)  # how a request dies with its worker
@@ -53,14 +54,6 @@ routes:
       path_prefix: /
     upstream: u
 """
-
-
-def readyz(g):
-    try:
-        r = request(g.admin_port, path="/readyz", timeout=2)
-    except OSError:
-        return None
-    return r.json() if r.status == 200 else None
 
 
 class OneConnection:
