@@ -163,8 +163,11 @@ static int ack_from_link(control_t *c, const gw_event_t *e)
 {
     json_t *f = json_loads(e->fields, 0, NULL);
     json_int_t id = json_integer_value(json_object_get(f, "alert_id"));
+    const char *via = json_string_value(json_object_get(f, "via"));
+    /* who acked, as the lineage shows it: a click, or a key pressed during a phone call */
+    const char *by = via != NULL && strcmp(via, "phone") == 0 ? "ack-link (phone)" : "ack-link";
+    int r = id > 0 ? al_engine_ack(c->engine, (int64_t)id, by, e->ts_ms) : AL_EBADINPUT;
     json_decref(f);
-    int r = id > 0 ? al_engine_ack(c->engine, (int64_t)id, "ack-link", e->ts_ms) : AL_EBADINPUT;
     gw_log(r == 0 ? GW_LOG_INFO : GW_LOG_WARN, "acknowledgement link used", "{s:I, s:s}",
            "alert_id", (json_int_t)id, "result", r == 0 ? "acknowledged" : al_strerror(r));
     return r == AL_ENOENT || r == AL_ESTATE ? AL_EBADINPUT : r; /* nothing to retry */

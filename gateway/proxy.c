@@ -1055,23 +1055,18 @@ static int handle_ack_link(gw_worker_t *w, h2o_req_t *req, uint64_t start_ns,
                  phone ? "phone" : "link");
         gw_worker_event(w, "ack_request", fields);
     }
+    /* The worker has no store: the ack is handed to the control process (events channel), which
+     * applies it within about DRAIN_INTERVAL_MS; the page says it was received, not done (an
+     * alert resolved meanwhile stays resolved). */
     char *body = h2o_mem_alloc_pool(&req->pool, 160);
     int n = phone ? snprintf(body, 160,
                              "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>%s"
                              "</Say></Response>",
                              ack ? "Acknowledged. Thank you." : "Not acknowledged. Goodbye.")
-                  : snprintf(body, 160, "Alert %lld acknowledged.\n", (long long)id);
+                  : snprintf(body, 160, "Acknowledgement of alert %lld received.\n", (long long)id);
     add_request_id_header(req, request_id);
-    req->res.status = 200;
-    req->res.reason = "OK";
-    req->res.content_length = (size_t)n;
-    if (phone)
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                       H2O_STRLIT("text/xml; charset=utf-8"));
-    else
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
-                       H2O_STRLIT("text/plain; charset=utf-8"));
-    h2o_send_inline(req, body, (size_t)n);
+    gw_reply_send(req, 200, phone ? "text/xml; charset=utf-8" : "text/plain; charset=utf-8", true,
+                  NULL, h2o_iovec_init(body, (size_t)n));
     count_local_reply(w, r, 200, start_ns);
     return 1;
 }

@@ -390,7 +390,7 @@ def test_p0_through_dingtalk_pagerduty_twilio_repeats_until_the_ack_link(gw, fak
     r = get_public(g, ack)
     assert r.status == 200, r
     assert r.headers["content-type"].startswith("text/plain"), r.headers
-    assert r.body == f"Alert {aid} acknowledged.\n".encode(), r.body
+    assert r.body == f"Acknowledgement of alert {aid} received.\n".encode(), r.body
     a = wait_for(lambda: (lambda d: d if d["alert"]["status"] == "acknowledged" else None)(
         alert_detail(g, aid)), 10, "the alert acknowledged through the link")
     assert a["alert"]["acked_by"] == "ack-link" and a["alert"]["acked_at"], a["alert"]
@@ -491,9 +491,9 @@ def test_twilio_gather_digits_only_1_acknowledges(gw, fake_providers, tmp_path):
     assert p["say"] == ["Acknowledged. Thank you."], p
     a = wait_for(lambda: (lambda d: d if d["alert"]["status"] == "acknowledged" else None)(
         alert_detail(g, a1)), 10, "alert 1 acknowledged by the key press")
-    assert a["alert"]["acked_by"] == "ack-link", a["alert"]
+    assert a["alert"]["acked_by"] == "ack-link (phone)", a["alert"]
     assert [h["detail"]["by"] for h in a["history"] if h["kind"] == "acknowledged"] == [
-        "ack-link"], a["history"]
+        "ack-link (phone)"], a["history"]
     assert ack_requests(g, a1) == [{"alert_id": int(a1), "via": "phone"}], ack_requests(g, a1)
 
     # "1" by POST with a form body (a Gather without method="GET" would do this)
@@ -515,7 +515,7 @@ def test_twilio_gather_digits_only_1_acknowledges(gw, fake_providers, tmp_path):
     wait_for(lambda: len(fp.state()["calls"]) >= 3 * len(TW_TO), 15, "the calls for alert 3")
     path3 = link_path(g, fp.state()["calls"][2 * len(TW_TO)]["gather_action"], a3)
     r = get_public(g, path3)
-    assert r.status == 200 and r.body == f"Alert {a3} acknowledged.\n".encode(), r
+    assert r.status == 200 and r.body == f"Acknowledgement of alert {a3} received.\n".encode(), r
     wait_for(lambda: alert_status(g, a3) == "acknowledged", 10, "alert 3 acknowledged")
     assert ack_requests(g, a3) == [{"alert_id": int(a3), "via": "link"}]
 
