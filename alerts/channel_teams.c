@@ -29,7 +29,11 @@
 #include "channel_int.h"
 
 #define BODY_BUDGET 20000 /* bytes of the alerts and the "more" line (Teams: about 28 KB) */
-#define FACT_MAX 1000     /* bytes of one fact's value */
+/* Bytes of one fact's value. An alert has up to 32 labels (names up to 128 B): with 200-byte
+ * values the largest alert is about 12 KB of JSON, so even one alert alone stays within the
+ * body budget (the first alert of a message always goes in whole). */
+#define FACT_MAX 200
+#define SUMMARY_MAX 1000 /* bytes of the summary */
 #define TITLE_MAX 256
 #define LINK_MAX 1024
 
@@ -84,9 +88,9 @@ static json_t *facts_of(const al_alert_view_t *v)
 static json_t *container(const al_channel_ctx_t *ctx, const al_message_t *m,
                          const al_alert_view_t *v)
 {
-    char link[LINK_MAX], summary[FACT_MAX + 1];
+    char link[LINK_MAX], summary[SUMMARY_MAX + 1];
     size_t n = al_utf8_prefix(*v->summary ? v->summary : v->event,
-                              strlen(*v->summary ? v->summary : v->event), FACT_MAX);
+                              strlen(*v->summary ? v->summary : v->event), SUMMARY_MAX);
     json_t *items, *c;
 
     memcpy(summary, *v->summary ? v->summary : v->event, n);

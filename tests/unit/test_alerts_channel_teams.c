@@ -171,10 +171,9 @@ static void group_of_fifty_stays_under_the_message_limit(void **state)
         size_t label_len;
         size_t shown; /* 0: fewer than five (the budget ends the list) */
     } rows[] = {
-        {"", 0, 1, 3, 5},
-        {"q", 1500, 1, 3, 5},
-        {"q", 1500, 8, 500, 0}, /* the budget ends the list early */
-        {"\\\"", 1500, 4, 900, 0},
+        {"", 0, 1, 3, 5},          {"q", 1500, 1, 3, 5},        {"q", 1500, 8, 500, 5},
+        {"\\\"", 1500, 4, 900, 5}, {"\\\"", 1500, 32, 1000, 0}, /* the largest alerts: the budget
+                                                                   ends the list early */
     };
     char want[64];
 
