@@ -34,6 +34,18 @@ UPSTREAM = os.path.abspath(
 FAKE_PROVIDERS = os.path.join(HERE, "fake_providers.py")
 
 
+def _links_asan(binary):
+    """Whether binary is an AddressSanitizer build (its memory figures are not the product's)."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "libasan" in out
+
+
+ASAN_BUILD = _links_asan(BINARY)
+
+
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import free_port, request
+from conftest import ASAN_BUILD, free_port, request
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 PATTERN = b"0123456789abcdef"  # bw_upstream's size= body: this, repeated
@@ -394,7 +394,13 @@ def test_100mb_response_streams_byte_exact_with_gateway_rss_under_64mb(gateway, 
 
     print(f"\n100 MB stream: gateway total RSS baseline {base_rss / 1024:.1f} MiB, "
           f"max {max_rss / 1024:.1f} MiB over {nprocs} processes")
-    assert max_rss < limit_kib, f"gateway RSS reached {max_rss} KiB while streaming"
+    # Streaming must not buffer the body: the tree grows by at most a few buffers (a 100 MB body
+    # held anywhere would show). The absolute 64 MiB is the product's figure: an ASan build's
+    # shadow memory and quarantine alone put its baseline near 70 MiB, so it is checked on
+    # plain builds only.
+    assert max_rss - base_rss < 16 * 1024, f"gateway RSS grew {max_rss - base_rss} KiB"
+    if not ASAN_BUILD:
+        assert max_rss < limit_kib, f"gateway RSS reached {max_rss} KiB while streaming"
 
 
 @pytest.mark.parametrize(
