@@ -187,6 +187,11 @@ typedef struct al_engine_stats {
 
 void al_engine_stats(const al_engine_t *e, al_engine_stats_t *out);
 
+/* An empty write transaction: clears last_store_error when the store takes one again (for a
+ * caller that must tell "recovered" while nothing is held and nothing else writes). 0 or the
+ * store error. */
+int al_engine_probe(al_engine_t *e);
+
 /* Inputs currently held in the memory queue. */
 size_t al_engine_queued(const al_engine_t *e);
 

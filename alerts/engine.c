@@ -184,6 +184,16 @@ void al_engine_stats(const al_engine_t *e, al_engine_stats_t *out)
     out->last_store_error = e->last_store_error;
 }
 
+int al_engine_probe(al_engine_t *e)
+{
+    int r;
+
+    if (e == NULL)
+        return AL_DB_EINVAL;
+    r = al_txn_begin(e);
+    return r == 0 ? al_txn_commit(e) : r;
+}
+
 /* ---- transitions ---- */
 
 int al_resolve_locked(al_engine_t *e, al_alert_t *a, const char *by, const char *reason,

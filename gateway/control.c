@@ -31,6 +31,7 @@
 #define ALERT_TICK_MAX_MS 1000 /* the engine is ticked at least this often */
 #define ALERT_TICK_MIN_MS 5
 #define DB_BUSY_TIMEOUT_MS 50
+#define STORE_PROBE_MS 500 /* a failing store with nothing held is probed this often */
 
 typedef struct control {
     const gw_runtime_t *rt;
@@ -42,6 +43,7 @@ typedef struct control {
     al_sender_t *sender;         /* likewise */
     gw_storewatch_t *storewatch; /* alert_store_degraded notices; likewise */
     size_t events_held;          /* events read but not stored because the store failed */
+    uint64_t probe_at;           /* unix ms before which the store is not probed again */
     uv_timer_t flush_timer;
     gw_log_limit_t drain_errors, db_errors;
     bool stopping;
@@ -108,6 +110,14 @@ static void watch_store(control_t *c, int r)
     uint64_t now = gw_unix_ms();
     al_engine_stats_t st;
     al_engine_stats(c->engine, &st);
+    if (c->events_held == 0 && st.queued == 0 && store_error(st.last_store_error) &&
+        now >= c->probe_at) {
+        /* only an earlier error says the store fails, and nothing may write again for a while:
+         * ask it, at most twice a second */
+        c->probe_at = now + STORE_PROBE_MS;
+        (void)al_engine_probe(c->engine);
+        al_engine_stats(c->engine, &st);
+    }
     if (store_error(r))
         gw_storewatch_failed(c->storewatch, r, now);
     else if (store_error(st.last_store_error))

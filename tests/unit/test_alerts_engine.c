@@ -1086,6 +1086,28 @@ static void store_failure_holds_inputs_in_memory_and_flushes_in_order(void **sta
     assert_int_equal(al_db_integrity_check(f->db, 1, err, sizeof(err)), 0);
 }
 
+/* An error that left nothing held (an ack's commit failed) is cleared by a probe once the store
+ * takes a transaction again, so the control process can tell it works without waiting for
+ * other writes. */
+static void probe_clears_the_store_error_once_the_store_works(void **state)
+{
+    fx_t *f = *state;
+    al_engine_stats_t st;
+
+    ev(f, "breaker_open", BREAKER("users"), T0);
+    g_fail_writes = SQLITE_IOERR_WRITE;
+    assert_int_equal(
+        al_engine_ack(f->e, alert_id(f, "breaker_open{upstream=\"users\"}"), "api", T0 + SEC),
+        AL_DB_EIO);
+    al_engine_stats(f->e, &st);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.last_store_error, AL_DB_EIO);
+    g_fail_writes = 0;
+    assert_int_equal(al_engine_probe(f->e), 0);
+    al_engine_stats(f->e, &st);
+    assert_int_equal(st.last_store_error, 0);
+}
+
 static void store_failure_on_ack_is_reported_not_queued(void **state)
 {
     fx_t *f = *state;
@@ -1292,6 +1314,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(store_failure_holds_inputs_in_memory_and_flushes_in_order,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(store_failure_on_ack_is_reported_not_queued, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(probe_clears_the_store_error_once_the_store_works, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(
             store_failure_in_tick_or_record_changes_nothing_and_is_retried, setup, teardown),
