@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -32,6 +33,7 @@
 #define ALERT_TICK_MIN_MS 5
 #define DB_BUSY_TIMEOUT_MS 50
 #define STORE_PROBE_MS 500 /* a failing store with nothing held is probed this often */
+#define CONTROL_NICE 10    /* nice of the loop thread (engine, sender, admin API, health checks) */
 
 typedef struct control {
     const gw_runtime_t *rt;
@@ -432,6 +434,14 @@ int gw_control_main(const gw_runtime_t *rt, int admin_fd)
         gw_log(GW_LOG_ERROR, "cannot start the breaker owner", NULL);
         return 1;
     }
+    /* An alert storm keeps this thread busy (SQLite, JSON, webhooks: 75-80% of a core for 10k
+     * alerts) and, at the workers' priority, it delayed their wake-ups by a scheduler slice
+     * (bench/RESULTS.md, "Alert storm"). So this thread yields to them: nice CONTROL_NICE. The
+     * breaker owner's thread, started above, keeps the workers' priority (on Linux a nice value
+     * belongs to a thread: setpriority on a thread id changes that thread only). */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), CONTROL_NICE) != 0)
+        gw_log(GW_LOG_WARN, "cannot lower the control loop's priority", "{s:s}", "error",
+               strerror(errno));
     /* health checks write shared host state: only while this process owns it (see owner.h) */
     c->health = gw_health_new(&c->loop, rt, on_health_change, c->admin.owner);
     if (c->health == NULL) {
