@@ -187,6 +187,10 @@ typedef struct al_engine_stats {
 
 void al_engine_stats(const al_engine_t *e, al_engine_stats_t *out);
 
+/* True for the store errors that mean "the store is unavailable, hold inputs in memory": busy,
+ * full, I/O, and corrupt (SQLite 3.40 reports a failed read as SQLITE_CORRUPT). */
+bool al_store_unavailable(int code);
+
 /* An empty write transaction: clears last_store_error when the store takes one again (for a
  * caller that must tell "recovered" while nothing is held and nothing else writes). 0 or the
  * store error. */

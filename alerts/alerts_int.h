@@ -343,8 +343,6 @@ uint64_t al_alert_due(const al_alert_t *a);
 uint64_t al_random(al_engine_t *e);
 /* A random (version 4) UUID as text, 36 chars + NUL. */
 void al_uuid(al_engine_t *e, char out[37]);
-/* True for the store errors that the memory queue covers (busy, full, I/O). */
-bool al_store_unavailable(int code);
 
 /* t + d, saturating below AL_NEVER. */
 static inline uint64_t al_add_ms(uint64_t t, uint64_t d)

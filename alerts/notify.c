@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "alerts_int.h"
+#include "channel.h"
 
 /* ---- notifications collected during a transaction ---- */
 
@@ -316,11 +317,9 @@ int al_notify_locked(al_engine_t *e, al_alert_t *a, al_notify_kind_t kind, uint6
 /* Providers with an incident lifecycle of their own (they escalate until acknowledged). */
 static bool incident_channel(const al_engine_t *e, const char *name)
 {
-    for (size_t i = 0; i < e->cfg->nchannels; i++)
-        if (strcmp(e->cfg->channels[i].name, name) == 0)
-            return e->cfg->channels[i].type == GW_CHANNEL_PAGERDUTY ||
-                   e->cfg->channels[i].type == GW_CHANNEL_OPSGENIE;
-    return false;
+    const gw_channel_config_t *c = al_channel_find(e->cfg, name);
+
+    return c != NULL && (c->type == GW_CHANNEL_PAGERDUTY || c->type == GW_CHANNEL_OPSGENIE);
 }
 
 /* A `kind` row (resolved or acknowledged) to each channel that was (or may have been) notified

@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "alerts_int.h"
+#include "channel.h"
 
 #define REAP_BATCH 64
 
@@ -503,15 +504,6 @@ static int claim_one(al_engine_t *e, dlv_t *d, uint64_t now, al_delivery_t *out)
  * own message; after, the excess goes out as one message per token ("N more alerts").
  */
 
-/* The config of channel `name` (NULL: not configured, e.g. removed by a reload). */
-static const gw_channel_config_t *channel_cfg(const al_engine_t *e, const char *name)
-{
-    for (size_t i = 0; i < e->cfg->nchannels; i++)
-        if (strcmp(e->cfg->channels[i].name, name) == 0)
-            return &e->cfg->channels[i];
-    return NULL;
-}
-
 static uint64_t rl_reserve(uint64_t tokens)
 {
     return tokens <= 1 ? 0 : (tokens + 3) / 4;
@@ -803,7 +795,7 @@ static int claim_locked(al_engine_t *e, uint64_t now, al_delivery_t *out, size_t
             if (r != 1)
                 continue;
             r = 0;
-            c = channel_cfg(e, d.channel);
+            c = al_channel_find(e->cfg, d.channel);
             for (size_t k = 0; rl_limited(c) && k < nseen; k++)
                 again = again || seen[k] == c;
             if (strcmp(d.status, "pending") != 0 || again ||

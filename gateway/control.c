@@ -98,11 +98,6 @@ static void on_accept(uv_stream_t *listener, int status)
  * next control process reads the batch again. When the disk is full the batch is rolled back and
  * retried on the next tick; meanwhile the channel keeps the newest events (dropping the oldest).
  */
-static bool store_error(int r)
-{
-    return r == AL_DB_EBUSY || r == AL_DB_ENOSPC || r == AL_DB_EIO || r == AL_DB_ECORRUPT;
-}
-
 /* Tells the store watcher how the store is doing after a write whose result was r: failing while
  * events or engine inputs are held in memory, working once they are all stored. */
 static void watch_store(control_t *c, int r)
@@ -112,7 +107,7 @@ static void watch_store(control_t *c, int r)
     uint64_t now = gw_unix_ms();
     al_engine_stats_t st;
     al_engine_stats(c->engine, &st);
-    if (c->events_held == 0 && st.queued == 0 && store_error(st.last_store_error) &&
+    if (c->events_held == 0 && st.queued == 0 && al_store_unavailable(st.last_store_error) &&
         now >= c->probe_at) {
         /* only an earlier error says the store fails, and nothing may write again for a while:
          * ask it, at most twice a second */
@@ -120,11 +115,11 @@ static void watch_store(control_t *c, int r)
         (void)al_engine_probe(c->engine);
         al_engine_stats(c->engine, &st);
     }
-    if (store_error(r))
+    if (al_store_unavailable(r))
         gw_storewatch_failed(c->storewatch, r, now);
-    else if (store_error(st.last_store_error))
+    else if (al_store_unavailable(st.last_store_error))
         gw_storewatch_failed(c->storewatch, st.last_store_error, now);
-    bool ok = c->events_held == 0 && st.queued == 0 && !store_error(st.last_store_error);
+    bool ok = c->events_held == 0 && st.queued == 0 && !al_store_unavailable(st.last_store_error);
     gw_storewatch_update(c->storewatch, ok, c->events_held + st.queued,
                          st.queue_dropped + gw_events_dropped(c->rt->events), now);
 }
