@@ -259,7 +259,10 @@ def main():
     ap.add_argument("--mode", choices=("drop", "reject", "down"), required=True)
     mode = ap.parse_args().mode
     name = {"drop": "partition_drop", "reject": "partition_reject", "down": "link_down"}[mode]
-    return Scenario(name, TIME_BOUND_S).run(lambda sc: scenario(sc, mode))
+    # Two more runs on a latency miss (not on a correctness one): its p99 criteria (circuit_open
+    # < 10 ms, the other upstream's p99) are judged on a 2-core VM that other work shares, where a
+    # 50-200 ms CPU stall lands in one run in a few (chaos/README.md, "The other upstream's p99").
+    return Scenario(name, TIME_BOUND_S).run(lambda sc: scenario(sc, mode), retries=2)
 
 
 if __name__ == "__main__":
